@@ -860,6 +860,377 @@ def rollback_target(
 
 
 # --------------------------------------------------------------------------
+# History on a git branch (with-history)
+# --------------------------------------------------------------------------
+# CI runners are ephemeral, and runs from any branch and for any environment
+# may write at the same moment. The shared history is therefore the database
+# file committed on a dedicated branch of a git remote. `with-history` fetches
+# that branch's tip, runs one tracker command against a private copy of the
+# file, checkpoints it into a self-contained file and pushes a commit whose
+# parent is the tip it started from. A push that loses a race is rejected (it
+# is never forced), and the whole operation is redone on the newer tip after a
+# randomised exponential backoff. Only git plumbing is used: the work tree, the
+# index and HEAD of the local repository are never touched.
+
+HISTORY_REMOTE = "origin"
+HISTORY_BRANCH = "deployment-history"
+HISTORY_FILE = "deployments.db"
+HISTORY_ATTEMPTS = 10
+HISTORY_BACKOFF_SECONDS = 0.5
+HISTORY_MAX_BACKOFF_SECONDS = 8.0
+HISTORY_REMOTE_ENV = "DEPLOYMENT_HISTORY_REMOTE"
+HISTORY_BRANCH_ENV = "DEPLOYMENT_HISTORY_BRANCH"
+# A token for https remotes, sent as an http.extraheader through git's
+# GIT_CONFIG_* environment: never written to .git/config nor put on a command line.
+HISTORY_TOKEN_ENV = "DEPLOYMENT_HISTORY_TOKEN"  # noqa: S105 (a variable name, not a secret)
+# Commands that only read: they never push, and need the branch to exist.
+HISTORY_READ_COMMANDS = frozenset({"list", "latest", "get", "rollback-target"})
+HISTORY_FALLBACK_IDENTITY = {
+    "GIT_AUTHOR_NAME": "deployment-tracker",
+    "GIT_AUTHOR_EMAIL": "deployment-tracker@users.noreply.github.com",
+    "GIT_COMMITTER_NAME": "deployment-tracker",
+    "GIT_COMMITTER_EMAIL": "deployment-tracker@users.noreply.github.com",
+}
+HISTORY_README = f"""\
+# Deployment history
+
+This branch holds `{HISTORY_FILE}`, the SQLite database of every deployment,
+written only by `deployment-tracker with-history`. Each commit is one change.
+Read it with:
+
+    git fetch origin {HISTORY_BRANCH}
+    git show origin/{HISTORY_BRANCH}:{HISTORY_FILE} > deployments.db
+    deployment-tracker --db deployments.db list --all
+"""
+
+
+class GitFailure(Exception):
+    """A git command failed; worth another attempt after a backoff."""
+
+
+class GitResult:
+    """What a git command returned."""
+
+    def __init__(self, returncode: int, stdout: bytes, stderr: bytes) -> None:
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def problem(self, what: str) -> str:
+        lines = [line.strip() for line in self.stderr.decode("utf-8", "replace").splitlines()]
+        lines = [line for line in lines if line]
+        errors = [line for line in lines if line.startswith(("fatal:", "error:"))]
+        detail = (errors or lines or [f"exit status {self.returncode}"])[0]
+        return f"{what}: {CONTROL_CHARACTERS.sub(' ', detail)}"
+
+
+def run_git(
+    repo: str,
+    args: Sequence[str],
+    env: dict[str, str],
+    *,
+    stdin: Optional[bytes] = None,
+) -> GitResult:
+    """Run git with an argument list (never a shell) in `repo`."""
+    import subprocess
+
+    try:
+        completed = subprocess.run(
+            ["git", "-C", repo, *args],
+            input=stdin if stdin is not None else b"",
+            capture_output=True,
+            env=env,
+            check=False,
+        )
+    except OSError as error:
+        raise DatabaseProblem(f"cannot run git: {error.strerror or error}") from None
+    return GitResult(completed.returncode, completed.stdout, completed.stderr)
+
+
+def git_checked(
+    repo: str, args: Sequence[str], env: dict[str, str], *, stdin: Optional[bytes] = None
+) -> bytes:
+    result = run_git(repo, args, env, stdin=stdin)
+    if result.returncode != 0:
+        raise GitFailure(result.problem(f"git {args[0]} failed"))
+    return result.stdout
+
+
+def check_history_remote(remote: str) -> str:
+    """A remote name, URL or path; never something git could read as an option."""
+    if not remote.strip() or remote.startswith("-") or CONTROL_CHARACTERS.search(remote):
+        raise InvalidInput(f"invalid history remote: {describe(remote)}")
+    return remote
+
+
+def check_history_branch(branch: str) -> str:
+    try:
+        return check_branch(branch)
+    except InvalidInput:
+        raise InvalidInput(f"invalid history branch: {describe(branch)}") from None
+
+
+def history_git_environment(repo: str) -> dict[str, str]:
+    """The environment for git: no prompts, the token as a header, an identity."""
+    env = dict(os.environ)
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    token = env.pop(HISTORY_TOKEN_ENV, "")
+    if token:
+        import base64
+
+        try:
+            count = int(env.get("GIT_CONFIG_COUNT") or "0")
+        except ValueError:
+            count = 0
+        server = env.get("GITHUB_SERVER_URL") or "https://github.com"
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode("ascii")
+        env[f"GIT_CONFIG_KEY_{count}"] = f"http.{server.rstrip('/')}/.extraheader"
+        env[f"GIT_CONFIG_VALUE_{count}"] = f"AUTHORIZATION: basic {basic}"
+        env["GIT_CONFIG_COUNT"] = str(count + 1)
+    if run_git(repo, ["var", "GIT_COMMITTER_IDENT"], env).returncode != 0:
+        for name, value in HISTORY_FALLBACK_IDENTITY.items():
+            env.setdefault(name, value)
+    return env
+
+
+def fetch_history_tip(
+    repo: str, remote: str, branch: str, env: dict[str, str], *, shallow: bool
+) -> Optional[str]:
+    """Fetch the history branch; its tip commit, or None when it does not exist yet."""
+    import secrets
+
+    listed = run_git(
+        repo, ["ls-remote", "--exit-code", "--heads", "--", remote, f"refs/heads/{branch}"], env
+    )
+    if listed.returncode == 2:
+        return None
+    if listed.returncode != 0:
+        raise GitFailure(listed.problem(f"cannot reach {remote}"))
+    # A private ref per call: concurrent calls in one repository do not meet.
+    private_ref = f"refs/deployment-tracker/fetch-{os.getpid()}-{secrets.token_hex(4)}"
+    fetch = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
+    if shallow:
+        # A shallow CI checkout only needs the tip, not every earlier copy of the file.
+        fetch.append("--depth=1")
+    git_checked(repo, [*fetch, "--", remote, f"+refs/heads/{branch}:{private_ref}"], env)
+    try:
+        tip = git_checked(repo, ["rev-parse", "--verify", f"{private_ref}^{{commit}}"], env)
+    finally:
+        run_git(repo, ["update-ref", "-d", private_ref], env)
+    return tip.decode("ascii").strip()
+
+
+def read_history_file(repo: str, commit: str, env: dict[str, str]) -> Optional[bytes]:
+    listing = git_checked(repo, ["ls-tree", "-z", commit, "--", HISTORY_FILE], env)
+    if not listing:
+        return None
+    blob = listing.split(b"\t", 1)[0].split()[2].decode("ascii")
+    return git_checked(repo, ["cat-file", "blob", blob], env)
+
+
+def make_self_contained(path: str) -> None:
+    """Checkpoint the WAL into the file and leave it in rollback-journal mode."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("PRAGMA journal_mode = DELETE")
+        result = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.Error as error:
+        raise DatabaseProblem(f"history database cannot be checkpointed: {error}") from None
+    finally:
+        db.close()
+    if result != "ok":
+        raise DatabaseProblem(f"history database failed its integrity check: {result}")
+    for suffix in ("-wal", "-shm", "-journal"):
+        Path(path + suffix).unlink(missing_ok=True)
+
+
+def content_digest(path: str) -> Optional[str]:
+    """A digest of the database's content (not its bytes); None when there is no file."""
+    if not Path(path).exists():
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        for pragma in ("user_version", "application_id"):
+            digest.update(f"{pragma}={db.execute(f'PRAGMA {pragma}').fetchone()[0]}\n".encode())
+        for statement in db.iterdump():
+            digest.update(statement.encode("utf-8", "surrogatepass") + b"\n")
+    except sqlite3.Error as error:
+        raise DatabaseProblem(f"history database is unreadable: {error}") from None
+    finally:
+        db.close()
+    return digest.hexdigest()
+
+
+def commit_history_file(
+    repo: str, path: str, parent: Optional[str], message: str, env: dict[str, str]
+) -> str:
+    """Write the file as the only content of a new commit on top of `parent`."""
+    database = git_checked(repo, ["hash-object", "-w", "--", path], env).decode().strip()
+    readme = (
+        git_checked(repo, ["hash-object", "-w", "--stdin"], env, stdin=HISTORY_README.encode())
+        .decode()
+        .strip()
+    )
+    tree_listing = f"100644 blob {readme}\tREADME.md\n100644 blob {database}\t{HISTORY_FILE}\n"
+    tree = git_checked(repo, ["mktree"], env, stdin=tree_listing.encode()).decode().strip()
+    parents = ["-p", parent] if parent else []
+    commit = git_checked(
+        repo, ["commit-tree", tree, *parents, "-F", "-"], env, stdin=message.encode()
+    )
+    return commit.decode().strip()
+
+
+def history_commit_message(args: Sequence[str]) -> str:
+    import shlex
+
+    line = "deployment-tracker " + " ".join(shlex.quote(arg) for arg in args)
+    line = CONTROL_CHARACTERS.sub(" ", line)
+    return (line if len(line) <= 200 else line[:197] + "...") + "\n"
+
+
+def push_history(repo: str, remote: str, branch: str, commit: str, env: dict[str, str]) -> None:
+    """Push without force: a push based on an outdated tip is rejected."""
+    result = run_git(
+        repo,
+        [
+            "push",
+            "--quiet",
+            "--no-verify",
+            "--porcelain",
+            "--",
+            remote,
+            f"{commit}:refs/heads/{branch}",
+        ],
+        env,
+    )
+    if result.returncode != 0:
+        rejected = b"[rejected]" in result.stdout or b"[remote rejected]" in result.stdout
+        raise GitFailure(
+            f"push to {remote} rejected (the history moved on)"
+            if rejected
+            else result.problem(f"cannot push to {remote}")
+        )
+
+
+def run_tracker_command(
+    args: Sequence[str], db_path: str, github_output: Optional[str]
+) -> GitResult:
+    """Run one tracker command in a child process against `db_path`."""
+    import subprocess
+
+    env = dict(os.environ)
+    env.pop(HISTORY_TOKEN_ENV, None)
+    env.pop(DB_ENV_VAR, None)
+    env.pop("GITHUB_OUTPUT", None)
+    if github_output is not None:
+        env["GITHUB_OUTPUT"] = github_output
+    completed = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--db", db_path, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=env,
+        check=False,
+    )
+    return GitResult(completed.returncode, completed.stdout, completed.stderr)
+
+
+def pass_on(result: GitResult, github_output: Optional[str], target: Optional[str]) -> None:
+    """Hand the chosen attempt's output to our caller."""
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    sys.stderr.flush()
+    if github_output and target and Path(github_output).exists():
+        content = Path(github_output).read_bytes()
+        if content:
+            try:
+                with open(target, "ab") as output:
+                    output.write(content)
+            except OSError as error:
+                raise TrackerError(
+                    f"cannot write GITHUB_OUTPUT file {target}: {error.strerror}"
+                ) from None
+
+
+def run_with_history(
+    args: Sequence[str],
+    *,
+    repo: str,
+    remote: str,
+    branch: str,
+    attempts: int,
+    backoff: float,
+    say: Callable[[str], None],
+) -> int:
+    """Fetch, apply `args` to a fresh copy, commit and push; redo when the push is rejected.
+
+    Returns the tracker command's exit code. Only the final attempt's output
+    (stdout, stderr and $GITHUB_OUTPUT lines) reaches the caller.
+    """
+    import random
+    import tempfile
+    import time
+
+    check_history_remote(remote)
+    check_history_branch(branch)
+    env = history_git_environment(repo)
+    inside = run_git(repo, ["rev-parse", "--is-shallow-repository"], env)
+    if inside.returncode != 0:
+        raise DatabaseProblem(inside.problem(f"{repo} is not a usable git repository"))
+    shallow = inside.stdout.strip() == b"true"
+    target = os.environ.get("GITHUB_OUTPUT") or None
+    jitter = random.SystemRandom()
+    last_problem = ""
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            ceiling = min(HISTORY_MAX_BACKOFF_SECONDS, backoff * 2 ** (attempt - 2))
+            delay = jitter.uniform(0, ceiling)
+            say(f"history: {last_problem}; attempt {attempt}/{attempts} in {delay:.1f}s")
+            time.sleep(delay)
+        with tempfile.TemporaryDirectory(prefix="deployment-history-") as scratch:
+            db_path = os.path.join(scratch, HISTORY_FILE)
+            github_output = os.path.join(scratch, "github_output") if target else None
+            try:
+                tip = fetch_history_tip(repo, remote, branch, env, shallow=shallow)
+                content = read_history_file(repo, tip, env) if tip else None
+            except GitFailure as error:
+                last_problem = str(error)
+                continue
+            if content is None and args[0] in HISTORY_READ_COMMANDS:
+                raise NotFound(f"no deployment history yet: {remote} has no branch {branch}")
+            if content is not None:
+                Path(db_path).write_bytes(content)
+                make_self_contained(db_path)
+            before = content_digest(db_path)
+            result = run_tracker_command(args, db_path, github_output)
+            if result.returncode != 0:
+                pass_on(result, None, None)
+                return result.returncode
+            if Path(db_path).exists():
+                make_self_contained(db_path)
+            after = content_digest(db_path)
+            if after is None or after == before:
+                pass_on(result, github_output, target)
+                return 0
+            try:
+                commit = commit_history_file(repo, db_path, tip, history_commit_message(args), env)
+                push_history(repo, remote, branch, commit, env)
+            except GitFailure as error:
+                last_problem = str(error)
+                continue
+            pass_on(result, github_output, target)
+            return 0
+    raise TrackerError(
+        f"could not update the deployment history on {remote} {branch}"
+        f" after {attempts} attempts: {last_problem}"
+    )
+
+
+# --------------------------------------------------------------------------
 # Output helpers
 # --------------------------------------------------------------------------
 
@@ -1386,6 +1757,88 @@ def rollback_target_command(
         db, environment, deployment_id, force=force, warn=lambda text: click.echo(text, err=True)
     )
     emit_one(target, output_format, field, path)
+
+
+@cli.command(
+    "with-history",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option(
+    "--remote",
+    envvar=HISTORY_REMOTE_ENV,
+    default=HISTORY_REMOTE,
+    show_default=True,
+    help=f"Git remote (name, URL or path) holding the history (env {HISTORY_REMOTE_ENV}).",
+)
+@click.option(
+    "--branch",
+    "history_branch",
+    envvar=HISTORY_BRANCH_ENV,
+    default=HISTORY_BRANCH,
+    show_default=True,
+    help=f"Branch holding {HISTORY_FILE} (env {HISTORY_BRANCH_ENV}).",
+)
+@click.option(
+    "--repo",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Local git repository to work from (its work tree is never touched).",
+)
+@click.option(
+    "--attempts",
+    type=click.IntRange(1, 100),
+    default=HISTORY_ATTEMPTS,
+    show_default=True,
+    help="How often to fetch, apply and push before giving up.",
+)
+@click.option(
+    "--backoff",
+    type=click.FloatRange(0, 60),
+    default=HISTORY_BACKOFF_SECONDS,
+    show_default=True,
+    help="Base of the randomised exponential backoff between attempts, in seconds.",
+)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+@click.pass_context
+def with_history_command(
+    ctx: click.Context,
+    remote: str,
+    history_branch: str,
+    repo: str,
+    attempts: int,
+    backoff: float,
+    command: tuple[str, ...],
+) -> None:
+    """Run a tracker command against the history kept on a git branch.
+
+    Fetches the branch, runs COMMAND on a fresh copy of its database and, if
+    the command changed anything, commits the checkpointed file on top of the
+    fetched tip and pushes it (never forced). A rejected push is redone on the
+    newer tip after a randomised backoff. Reading commands just fetch and read.
+    The branch is created (without history) on first write. The global --db is
+    ignored; the command's exit code is passed on.
+
+    \b
+    Example:
+        deployment-tracker with-history -- record --environment staging \\
+            --branch main --commit 3f2c9e1d --id main_3f2c9e1_20260415123456
+        deployment-tracker with-history -- rollback-target --environment staging
+    """
+    name = command[0]
+    if name not in cli.commands or name == "with-history":
+        known = ", ".join(sorted(set(cli.commands) - {"with-history"}))
+        raise click.UsageError(f"with-history runs a tracker command ({known}), not {name!r}")
+    exit_code = run_with_history(
+        command,
+        repo=repo,
+        remote=remote,
+        branch=history_branch,
+        attempts=attempts,
+        backoff=backoff,
+        say=lambda text: click.echo(text, err=True),
+    )
+    ctx.exit(exit_code)
 
 
 def main() -> None:
