@@ -8,13 +8,14 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import deployment_tracker as dt
 from reliability_support import (
     WORKER,
     check_history_consistent,
     integrity,
     run_cli,
 )
+
+import deployment_tracker as dt
 
 WRITERS = 8
 RECORDS_PER_WRITER = 200
