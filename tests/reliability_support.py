@@ -127,11 +127,14 @@ def file_hash(path: Path) -> str:
 
 def dump(db_path: Path) -> list[Any]:
     """All rows of both tables, read without the tracker's code."""
-    with sqlite3.connect(db_path) as db:
+    db = sqlite3.connect(db_path)
+    try:
         return [
             db.execute("SELECT * FROM deployments ORDER BY seq").fetchall(),
             db.execute("SELECT * FROM events ORDER BY seq").fetchall(),
         ]
+    finally:
+        db.close()
 
 
 def integrity(db_path: Path) -> str:
