@@ -884,7 +884,9 @@ HISTORY_BRANCH_ENV = "DEPLOYMENT_HISTORY_BRANCH"
 # GIT_CONFIG_* environment: never written to .git/config nor put on a command line.
 HISTORY_TOKEN_ENV = "DEPLOYMENT_HISTORY_TOKEN"  # noqa: S105 (a variable name, not a secret)
 # Commands that only read: they never push, and need the branch to exist.
-HISTORY_READ_COMMANDS = frozenset({"list", "latest", "get", "rollback-target"})
+HISTORY_READ_COMMANDS = frozenset(
+    {"list", "latest", "get", "rollback-target", "promote", "stats", "timeline"}
+)
 HISTORY_FALLBACK_IDENTITY = {
     "GIT_AUTHOR_NAME": "deployment-tracker",
     "GIT_AUTHOR_EMAIL": "deployment-tracker@users.noreply.github.com",

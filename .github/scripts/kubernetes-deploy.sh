@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Roll the Kubernetes deployment to one image and wait until the rollout has finished.
+#
+# Usage: kubernetes-deploy.sh IMAGE
+# Environment:
+#   K8S_DEPLOYMENT   deployment name (required)
+#   K8S_CONTAINER    container to update (default: the deployment name)
+#   K8S_NAMESPACE    namespace (default: default)
+#   ROLLOUT_TIMEOUT  how long to wait for the rollout (default: 300s)
+#   KUBECONFIG_DATA  kubeconfig contents; when empty, kubectl's own configuration is used
+set -euo pipefail
+
+image=${1:?usage: kubernetes-deploy.sh IMAGE}
+deployment=${K8S_DEPLOYMENT:?set the K8S_DEPLOYMENT variable}
+container=${K8S_CONTAINER:-$deployment}
+namespace=${K8S_NAMESPACE:-default}
+timeout=${ROLLOUT_TIMEOUT:-300s}
+
+if [[ -n "${KUBECONFIG_DATA:-}" ]]; then
+  kubeconfig=$(mktemp)
+  trap 'rm -f "$kubeconfig"' EXIT
+  printf '%s\n' "$KUBECONFIG_DATA" > "$kubeconfig"
+  export KUBECONFIG=$kubeconfig
+fi
+
+echo "Deploying $image to deployment/$deployment (container $container) in $namespace"
+kubectl --namespace "$namespace" set image "deployment/$deployment" "$container=$image"
+kubectl --namespace "$namespace" rollout status "deployment/$deployment" --timeout "$timeout"

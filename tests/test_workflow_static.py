@@ -1,0 +1,272 @@
+"""Static checks of the GitHub workflows: linters, schema, security rules, and the CLI contract."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from ruamel.yaml import YAML
+
+import deployment_tracker as dt
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+DEPLOY = ROOT / ".github" / "workflows" / "deploy.yml"
+SCRIPTS = sorted((ROOT / ".github" / "scripts").glob("*.sh"))
+BIN = str(Path(sys.executable).parent)
+PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+(\.\d+)*$")
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=BIN) or shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+    return found
+
+
+def tool_env() -> dict[str, str]:
+    # actionlint runs shellcheck on `run:` blocks when it finds it on PATH.
+    return {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
+
+
+def load(path: Path) -> Any:
+    return YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+
+
+def steps(workflow: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    for job_id, job in workflow["jobs"].items():
+        for step in job.get("steps", []):
+            yield job_id, step
+
+
+def test_there_are_workflows_to_check() -> None:
+    names = {path.name for path in WORKFLOWS}
+    assert {"deploy.yml", "tests.yml"} <= names
+    assert load(DEPLOY)["name"] == "Deploy with Flexible Rollback"
+
+
+def test_actionlint_with_shellcheck_is_clean() -> None:
+    assert shutil.which("shellcheck", path=tool_env()["PATH"]), "shellcheck is needed"
+    result = subprocess.run(
+        [tool("actionlint"), "-no-color", *map(str, WORKFLOWS)],
+        cwd=ROOT,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_really_runs_shellcheck(tmp_path: Path) -> None:
+    """A clean result means something only if shellcheck was consulted."""
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - run: echo $UNQUOTED_VARIABLE\n"
+    )
+    result = subprocess.run(
+        [tool("actionlint"), "-no-color", str(bad)],
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "SC2086" in result.stdout
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
+def test_zizmor_offline_has_no_findings(workflow: Path) -> None:
+    result = subprocess.run(
+        [tool("zizmor"), "--offline", "--persona", "pedantic", "--no-progress", str(workflow)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No findings" in result.stdout
+
+
+def test_workflows_match_the_github_workflow_schema() -> None:
+    result = subprocess.run(
+        [
+            tool("check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            *map(str, WORKFLOWS),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scripts_pass_shellcheck() -> None:
+    assert SCRIPTS
+    result = subprocess.run(
+        [tool("shellcheck"), *map(str, SCRIPTS)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout
+    for script in SCRIPTS:
+        assert os.access(script, os.X_OK), f"{script.name} must be executable"
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
+def test_security_rules(workflow: Path) -> None:
+    data = load(workflow)
+    assert data["permissions"] == {}, "top-level permissions must be {}"
+    for job_id, job in data["jobs"].items():
+        assert "permissions" in job, f"job {job_id} must declare its permissions"
+    for line in workflow.read_text(encoding="utf-8").splitlines():
+        if "uses:" in line:
+            reference = line.split("uses:", 1)[1].strip()
+            assert PINNED.match(reference), f"not pinned by SHA with a version: {reference}"
+    for job_id, step in steps(data):
+        if str(step.get("uses", "")).startswith("actions/checkout@"):
+            assert step["with"]["persist-credentials"] is False, job_id
+        # Nothing is expanded into a script: values come in through env:.
+        assert "${{" not in step.get("run", ""), f"{job_id}: {step.get('name')}"
+
+
+def test_deploy_triggers_concurrency_and_rollback_condition() -> None:
+    data = load(DEPLOY)
+    inputs = data["on"]["workflow_dispatch"]["inputs"]
+    assert inputs["environment"]["options"] == ["staging", "production"]
+    assert inputs["rollback"]["type"] == "boolean"
+    assert inputs["rollback"]["description"] == "Perform rollback to a previous deployment"
+    assert inputs["deployment_id"]["required"] is False
+    assert "**" in data["on"]["push"]["branches"]
+    assert data["concurrency"]["cancel-in-progress"] is False
+    assert "inputs.environment" in data["concurrency"]["group"]
+    jobs = data["jobs"]
+    assert list(jobs) == ["prepare", "build", "deploy", "verify", "rollback"]
+    condition = " ".join(jobs["rollback"]["if"].split())
+    assert condition == (
+        "${{ !cancelled() && needs.prepare.result == 'success'"
+        " && (needs.deploy.result == 'failure' || needs.verify.result == 'failure') }}"
+    )
+    # The history is pushed only by the jobs that write it, and only they may write contents.
+    for job_id, job in jobs.items():
+        writes = any(
+            "with-history" in step.get("run", "")
+            and re.search(r"with-history -- (record|verify)", " ".join(step["run"].split()))
+            for step in job["steps"]
+        )
+        assert (job["permissions"].get("contents") == "write") == writes, job_id
+    for job_id, step in steps(data):
+        if "with-history" in step.get("run", ""):
+            assert step["env"]["DEPLOYMENT_HISTORY_TOKEN"] == "${{ github.token }}", job_id
+    assert "github.head_ref || github.ref_name" in DEPLOY.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------
+# Contract: every tracker command line in a workflow parses against the real CLI.
+# --------------------------------------------------------------------------
+
+PLACEHOLDERS = {
+    "--environment": "staging",
+    "--branch": "feature/login",
+    "--commit": "0123456789abcdef0123456789abcdef01234567",
+    "--id": "main_0123456_20260101000000",
+    "--rollback-of": "main_0123456_20260101000000",
+    "--promoted-from": "main_0123456_20260101000000",
+    "--status": "failed",  # valid for both record and verify
+    "--actor": "octocat",
+    "--by": "octocat",
+    "--run-id": "123",
+    "--run-url": "https://github.com/acme/app/actions/runs/123",
+    "--note": "a note",
+    "--from": "staging",
+    "--to": "production",
+}
+TRACKER_CALL = re.compile(r"(?:deployment-tracker|python3? deployment_tracker\.py)\s[^\n]*")
+
+
+def tracker_calls(script: str) -> list[list[str]]:
+    """The tracker command lines of a shell script, shell variables replaced by sample values."""
+    joined = re.sub(r"\\\n\s*", " ", script)
+    calls = []
+    for match in TRACKER_CALL.finditer(joined):
+        words = shlex.split(match.group(0), comments=True, posix=True)
+        end = next(
+            (i for i, word in enumerate(words) if word in {">", ">>", "|", ";", "&&", "||"}),
+            len(words),
+        )
+        words = words[1:end] if words[0] == "deployment-tracker" else words[2:end]
+        for index, word in enumerate(words):
+            if "$" in word:
+                option = words[index - 1] if index else ""
+                assert option in PLACEHOLDERS, f"no sample value for {option} {word}"
+                words[index] = PLACEHOLDERS[option]
+        calls.append(words)
+    return calls
+
+
+def parse(args: list[str]) -> list[str]:
+    """Parse like the CLI does (options, choices, required ones); return the command path."""
+    root = dt.cli.make_context("deployment-tracker", list(args))
+    name, command, rest = dt.cli.resolve_command(root, [*root._protected_args, *root.args])
+    assert command is not None and name is not None
+    context = command.make_context(name, rest, parent=root)
+    if name == "with-history":
+        inner = list(context.params["command"])
+        assert inner and not inner[0].startswith("-"), "with-history needs a command"
+        return [name, *parse(inner)]
+    return [name]
+
+
+def all_calls() -> list[tuple[str, list[str]]]:
+    found = []
+    for workflow in WORKFLOWS:
+        for job_id, step in steps(load(workflow)):
+            for call in tracker_calls(step.get("run", "")):
+                found.append((f"{workflow.name}:{job_id}:{step.get('name')}", call))
+    return found
+
+
+def test_the_deploy_workflow_uses_every_operation_it_needs() -> None:
+    paths = {tuple(parse(call)) for _, call in all_calls()}
+    assert ("new-id",) in paths
+    for inner in ("record", "verify", "rollback-target"):
+        assert ("with-history", inner) in paths, inner
+
+
+CALLS = all_calls()
+
+
+@pytest.mark.parametrize(
+    ("where", "call"), CALLS, ids=[f"{where}:{n}" for n, (where, _) in enumerate(CALLS)]
+)
+def test_every_tracker_call_parses_against_the_cli(where: str, call: list[str]) -> None:
+    try:
+        parse(call)
+    except click.ClickException as error:
+        pytest.fail(f"{where}: {shlex.join(call)}: {error.format_message()}")
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        'deployment-tracker record --environment "$E" --bogus x',
+        'deployment-tracker with-history -- verify --id "$ID"',
+        'deployment-tracker with-history -- verify --id "$ID" --status maybe',
+        "deployment-tracker new-id --branch main",
+    ],
+)
+def test_the_contract_check_catches_drift(script: str) -> None:
+    (call,) = tracker_calls(script.replace('"$E"', "staging"))
+    with pytest.raises(click.ClickException):
+        parse(call)
