@@ -206,7 +206,7 @@ def crash_fields(number: int) -> dict[str, str]:
     moment = CRASH_BASE_TIME + timedelta(seconds=number)
     branch = f"crash/n{number}"
     return {
-        "environment": "production",
+        "environment": "live",
         "branch": branch,
         "commit_sha": sha,
         "deployment_id": dt.make_id(branch, sha, moment),
@@ -235,14 +235,14 @@ def crash_step(db: sqlite3.Connection, number: int, say: Callable[[str], None]) 
         say(f"verified {fields['deployment_id']}")
     if number % 5 == 4:
         try:
-            target = dt.rollback_target(db, "production")
+            target = dt.rollback_target(db, "live")
         except dt.NotFound:
             return
         rollback_id = crash_rollback_id(number, target)
         say(f"begin rollback {number} {target['id']}")
         dt.record_deployment(
             db,
-            environment="production",
+            environment="live",
             deployment_id=rollback_id,
             rollback_of=target["id"],
             actor="crash-bot",
@@ -267,7 +267,7 @@ def load_worker(db_path: str, worker: int, count: int) -> None:
     for number in range(count):
         record, created = dt.record_deployment(
             db,
-            environment=("staging", "production")[number % 2],
+            environment=("staging", "live")[number % 2],
             branch=f"load/w{worker}/n{number}",
             commit_sha=sha,
             actor=f"worker-{worker}",
@@ -286,7 +286,7 @@ def read_worker(db_path: str, stop_file: str) -> None:
     while True:
         stopping = os.path.exists(stop_file)
         db = dt.connect(db_path, write=False)
-        for environment in ("staging", "production"):
+        for environment in ("staging", "live"):
             assert len(list(dt.list_deployments(db, environment=environment))) > 0
             dt.latest(db, environment, "any")
         list(dt.list_deployments(db, status="verified", limit=None))

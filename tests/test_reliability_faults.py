@@ -118,7 +118,7 @@ def retry_after_crash(db_path: Path, begin: str, log: CrashLog) -> None:
             target = dt.get_deployment(db, rest[0])
             rollback_id = crash_rollback_id(number, target)
             again = {
-                "environment": "production",
+                "environment": "live",
                 "deployment_id": rollback_id,
                 "rollback_of": target["id"],
                 "actor": "crash-bot",

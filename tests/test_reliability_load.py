@@ -47,7 +47,7 @@ def release(workers: list[subprocess.Popen[str]]) -> None:
 
 def seed(db_path: Path) -> None:
     db = dt.connect(str(db_path), write=True)
-    for environment in ("staging", "production"):
+    for environment in ("staging", "live"):
         dt.record_deployment(
             db, environment=environment, branch=f"seed-{environment}", commit_sha="e" * 40
         )
