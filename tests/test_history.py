@@ -170,13 +170,11 @@ def test_a_failing_command_is_passed_on_and_not_retried(
     work: Path, remote: Path, args: list[str], code: int, message: str
 ) -> None:
     assert record_a(work).returncode == 0
-    started = time.monotonic()
     result = tracker("with-history", "--attempts", "5", "--backoff", "2", "--", *args, cwd=work)
     assert result.returncode == code
     assert result.stderr.startswith(message)
     assert len(result.stderr.strip().splitlines()) == 1
-    assert "history:" not in result.stderr
-    assert time.monotonic() - started < 5
+    assert "history:" not in result.stderr  # no second attempt
     assert len(history_commits(remote)) == 1
 
 

@@ -344,6 +344,7 @@ def test_a_push_builds_deploys_and_verifies(world: World) -> None:
     assert record["status"] == "verified"
     assert record["verified_by"] == "alice"
     assert record["actor"] == "alice"
+    assert record["committed_at"], "the commit time is recorded for lead-time statistics"
     image = f"ghcr.io/acme/webapp:{tag}"
     docker = world.calls_of("docker")
     assert [args[0] for args in docker] == ["login", "build", "push"]
@@ -362,6 +363,7 @@ def test_a_push_builds_deploys_and_verifies(world: World) -> None:
     assert world.service.state.version == tag
     metadata = world.artifact(f"deployment-{record['id']}", "deployment.json")
     assert metadata["id"] == record["id"] and metadata["status"] == "deployed"
+    assert [event["status"] for event in metadata["events"]] == ["deployed"]
     verification = world.artifact(f"verification-{record['id']}", "verification.json")
     assert verification["status"] == "verified"
     assert any(f"/version reports {tag}" in (e["note"] or "") for e in verification["events"])
@@ -393,8 +395,9 @@ def test_a_failing_service_is_rolled_back_to_the_last_verified_image(world: Worl
     ]
     assert world.service.state.version == good
     assert world.service.state.healthy()
-    saved = world.artifact(f"rollback-{bad['id']}", "rollback-verification.json")
-    assert saved["status"] == "verified"
+    saved = world.artifact(f"rollback-{bad['id']}", "rollback.json")
+    assert saved["id"] == rollback["id"] and saved["status"] == "verified"
+    assert [event["status"] for event in saved["events"]] == ["deployed", "verified"]
     assert "Automatic rollback: verified" in result.output
 
 

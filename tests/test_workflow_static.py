@@ -189,6 +189,7 @@ PLACEHOLDERS = {
     "--run-id": "123",
     "--run-url": "https://github.com/acme/app/actions/runs/123",
     "--note": "a note",
+    "--committed-at": "2026-01-01T10:00:00+00:00",
     "--from": "staging",
     "--to": "production",
 }
@@ -197,7 +198,8 @@ TRACKER_CALL = re.compile(r"(?:deployment-tracker|python3? deployment_tracker\.p
 
 def tracker_calls(script: str) -> list[list[str]]:
     """The tracker command lines of a shell script, shell variables replaced by sample values."""
-    joined = re.sub(r"\\\n\s*", " ", script)
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
+    joined = re.sub(r"\\\n\s*", " ", code)
     calls = []
     for match in TRACKER_CALL.finditer(joined):
         words = shlex.split(match.group(0), comments=True, posix=True)

@@ -58,6 +58,7 @@ if [[ -n "${VERSION_PATH:-}" ]]; then
     if ((attempt < retries)); then sleep "$delay"; fi
   done
   if [[ "$body" != *"$expected"* ]]; then
+    body=${body//[$'\t\r\n']/ }
     echo "version check failed: $version_url does not report $expected: ${body:0:200}"
     exit 1
   fi
