@@ -58,6 +58,7 @@ class ServiceState:
     version: str = "none"
     broken_commits: set[str] = field(default_factory=set)
     requests: list[str] = field(default_factory=list)
+    notifications: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def healthy(self) -> bool:
@@ -95,6 +96,11 @@ class Service:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length).decode()
+                if self.path == "/webhook":
+                    with state.lock:
+                        state.notifications.append(json.loads(body)["text"])
+                    self.reply(200, "ok\n")
+                    return
                 if self.path != "/_control/version":
                     self.reply(404, "not found\n")
                     return
@@ -230,6 +236,8 @@ class World:
             "alice",
             "-s",
             f"KUBECONFIG={KUBECONFIG}",
+            "-s",
+            f"DEPLOYMENT_TRACKER_WEBHOOK_URL={self.service.url}/webhook",
         ]
         for name, value in variables.items():
             command += ["--var", f"{name}={value}"]
@@ -370,6 +378,8 @@ def test_a_push_builds_deploys_and_verifies(world: World) -> None:
     assert "Deploy: deployed" in result.output and "Verify: verified" in result.output
     assert not (world.artifacts / f"rollback-{record['id']}").exists()
     assert "Automatic rollback" not in result.output
+    assert world.service.state.notifications == []
+    assert "```mermaid" in result.output  # the timeline in the step summary
 
 
 def test_a_failing_service_is_rolled_back_to_the_last_verified_image(world: World) -> None:
@@ -399,6 +409,9 @@ def test_a_failing_service_is_rolled_back_to_the_last_verified_image(world: Worl
     assert saved["id"] == rollback["id"] and saved["status"] == "verified"
     assert [event["status"] for event in saved["events"]] == ["deployed", "verified"]
     assert "Automatic rollback: verified" in result.output
+    failed_note, rollback_note = world.service.state.notifications
+    assert bad["id"] in failed_note and "500" in failed_note
+    assert rollback["id"] in rollback_note and good in rollback_note
 
 
 def test_a_manual_rollback_without_an_id_restores_the_previous_verified_image(

@@ -189,6 +189,7 @@ PLACEHOLDERS = {
     "--run-id": "123",
     "--run-url": "https://github.com/acme/app/actions/runs/123",
     "--note": "a note",
+    "--message": "a message",
     "--committed-at": "2026-01-01T10:00:00+00:00",
     "--from": "staging",
     "--to": "production",
@@ -242,7 +243,7 @@ def all_calls() -> list[tuple[str, list[str]]]:
 def test_the_deploy_workflow_uses_every_operation_it_needs() -> None:
     paths = {tuple(parse(call)) for _, call in all_calls()}
     assert ("new-id",) in paths
-    for inner in ("record", "verify", "rollback-target"):
+    for inner in ("record", "verify", "rollback-target", "promote", "get", "notify", "timeline"):
         assert ("with-history", inner) in paths, inner
 
 
