@@ -167,6 +167,8 @@ class World:
         self.calls = base / f"{name}-calls"
         self.artifacts = base / f"{name}-artifacts"
         self.calls.mkdir()
+        self.home = base / f"{name}-home"
+        self.home.mkdir()
         self.artifacts.mkdir()
         self.service = Service()
         self.runner_python = runner_python
@@ -193,6 +195,9 @@ class World:
         return {
             **os.environ,
             "PATH": os.pathsep.join([str(WORKFLOW_DIR / "bin"), BIN, os.environ.get("PATH", "")]),
+            # A home of its own: no ~/.actrc or git configuration of the person running the tests.
+            "HOME": str(self.home),
+            "XDG_CONFIG_HOME": str(self.home / ".config"),
             "FAKE_CALLS_DIR": str(self.calls),
             "FAKE_SERVICE_URL": self.service.url,
             "ACT_TEST_PYTHON_BIN": str(self.runner_python),
