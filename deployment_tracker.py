@@ -13,7 +13,6 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, NoReturn, Optional, TypeVar
 
 import click
@@ -59,6 +58,11 @@ FIELDS = (
     "rollback_of",
     "note",
     "committed_at",
+    "promoted_from",
+    "blocked",
+    "blocked_at",
+    "blocked_by",
+    "blocked_reason",
 )
 # Fields that a retried `record` must repeat exactly to count as the same call.
 IDENTITY_FIELDS = (
@@ -72,6 +76,7 @@ IDENTITY_FIELDS = (
     "rollback_of",
     "note",
     "committed_at",
+    "promoted_from",
 )
 TABLE_COLUMNS = (
     "id",
@@ -82,33 +87,60 @@ TABLE_COLUMNS = (
     "deployed_at",
     "verified_by",
     "rollback_of",
+    "blocked",
 )
 EVENT_FIELDS = ("at", "status", "by", "note")
 
+
+class LazyPattern:
+    """A regex compiled on first use: each command needs only a few, and start-up time counts."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._compiled: Optional[re.Pattern[str]] = None
+
+    def compiled(self) -> re.Pattern[str]:
+        if self._compiled is None:
+            self._compiled = re.compile(self.pattern)
+        return self._compiled
+
+    def fullmatch(self, text: str) -> Optional[re.Match[str]]:
+        return self.compiled().fullmatch(text)
+
+    def search(self, text: str) -> Optional[re.Match[str]]:
+        return self.compiled().search(text)
+
+    def sub(self, replacement: str, text: str) -> str:
+        return self.compiled().sub(replacement, text)
+
+
 # Docker's tag grammar: 128 characters at most, no leading '.' or '-'.
-TAG_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-ID_PATTERN = re.compile(r"(?P<branch>.+)_(?P<sha>[0-9a-f]{7})_(?P<timestamp>\d{14})")
-SHA_PATTERN = re.compile(r"[0-9a-f]{7,40}|[0-9a-f]{64}")
-ENVIRONMENT_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,62}")
-RUN_ID_PATTERN = re.compile(r"[0-9]{1,20}")
-URL_PATTERN = re.compile(r"https?://[^\s\x00-\x1f\x7f]+")
-UNSAFE_TAG_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
+TAG_PATTERN = LazyPattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+ID_PATTERN = LazyPattern(r"(?P<branch>.+)_(?P<sha>[0-9a-f]{7})_(?P<timestamp>\d{14})")
+SHA_PATTERN = LazyPattern(r"[0-9a-f]{7,40}|[0-9a-f]{64}")
+ENVIRONMENT_PATTERN = LazyPattern(r"[a-z][a-z0-9_-]{0,62}")
+RUN_ID_PATTERN = LazyPattern(r"[0-9]{1,20}")
+URL_PATTERN = LazyPattern(r"https?://[^\s\x00-\x1f\x7f]+")
+UNSAFE_TAG_CHARACTERS = LazyPattern(r"[^A-Za-z0-9_.-]+")
 # What git check-ref-format refuses in a branch name.
-BAD_BRANCH_PATTERN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)")
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-NOTE_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+BAD_BRANCH_PATTERN = LazyPattern(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)")
+CONTROL_CHARACTERS = LazyPattern(r"[\x00-\x1f\x7f-\x9f]")
+NOTE_CONTROL_CHARACTERS = LazyPattern(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 TIMESTAMP_FORMAT = "%Y%m%d%H%M%S"
+# Bytes a file: URI carries as they are (the rest are %-escaped).
+URI_SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 SHORT_SHA_LENGTH = 7
 # 128 - len("_") - 7 (short sha) - len("_") - 14 (timestamp)
 MAX_BRANCH_PART = 105
 BRANCH_HASH_LENGTH = 8
 MAX_LENGTHS = {
-    "branch": 255,
+    "branch": 1000,
     "actor": 100,
     "verified_by": 100,
     "run_url": 2048,
     "note": 4000,
+    "reason": 1000,
 }
 
 TABLE_FORMATS = (
@@ -167,8 +199,136 @@ SELECT_LATEST_WITH_STATUS = (
 )
 SELECT_ROLLBACK_CANDIDATE = (
     SELECT_DEPLOYMENT + " WHERE environment = ? AND status = 'verified' AND image_tag != ?"
+    " AND blocked = 0 ORDER BY seq DESC LIMIT 1"
+)
+
+# Control: blocking, promotion gates, retention, notifications.
+# Events that record an action on a deployment without changing its status.
+BLOCKED_EVENT = "blocked"
+UNBLOCKED_EVENT = "unblocked"
+GATE_OVERRIDE_EVENT = "gate_overridden"
+CONTROL_EVENTS = (BLOCKED_EVENT, UNBLOCKED_EVENT, GATE_OVERRIDE_EVENT)
+# Promotion gates, SOURCE:TARGET[,...]: TARGET only receives images verified in SOURCE.
+GATES_ENV_VAR = "DEPLOYMENT_TRACKER_GATES"
+DEFAULT_GATES = "staging:production"
+NO_GATES = "none"
+WEBHOOK_ENV_VAR = "DEPLOYMENT_TRACKER_WEBHOOK_URL"
+NOTIFY_EVENTS = ("verification-failed", "rollback", "rollback-failed")
+NOTIFY_TIMEOUT_SECONDS = 10.0
+NOTIFY_RETRIES = 3
+NOTIFY_RETRY_DELAY_SECONDS = 2.0
+SELECT_GATE_PASS = (
+    SELECT_DEPLOYMENT + " WHERE environment = ? AND image_tag = ? AND status = 'verified'"
+    " AND blocked = 0 ORDER BY seq DESC LIMIT 1"
+)
+SELECT_GATE_SAME_COMMIT = (
+    SELECT_DEPLOYMENT + " WHERE environment = ? AND commit_sha = ? AND status = 'verified'"
+    " AND blocked = 0 ORDER BY seq DESC LIMIT 1"
+)
+SELECT_PROMOTION_CANDIDATE = (
+    SELECT_DEPLOYMENT + " WHERE environment = ? AND status = 'verified' AND blocked = 0"
     " ORDER BY seq DESC LIMIT 1"
 )
+SELECT_PRUNE_ROWS = (
+    "SELECT seq, id, environment, status, image_tag, blocked, rollback_of, promoted_from"
+    " FROM deployments ORDER BY seq DESC"
+)
+
+# Insight: DORA figures (stats) and the timeline picture.
+DEFAULT_SINCE = "30d"
+SINCE_PATTERN = LazyPattern(r"(?P<amount>[0-9]{1,5})(?P<unit>[hdw])")
+SINCE_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+TIMELINE_FORMATS = ("mermaid", "markdown", "html")
+STATS_FIELDS = (
+    "environment",
+    "since",
+    "until",
+    "days",
+    "deployments",
+    "deployments_per_day",
+    "deployments_per_week",
+    "rollbacks",
+    "change_failures",
+    "change_failure_rate",
+    "restored",
+    "unrestored",
+    "time_to_restore_median_seconds",
+    "time_to_restore_worst_seconds",
+    "lead_time_changes",
+    "lead_time_median_seconds",
+)
+# The newest deployments shown: the HTML page stays small, Mermaid stays legible.
+HTML_MAX_DEPLOYMENTS = 1500
+MERMAID_MAX_PER_ENVIRONMENT = 20
+# status: (fill, darker stroke); GitHub's Primer palette, readable on white.
+STATUS_COLOURS = {
+    "verified": ("#2da44e", "#1a7f37"),
+    "failed": ("#cf222e", "#a40e26"),
+    "deployed": ("#d4a72c", "#9a6700"),
+    "rolled_back": ("#8c959f", "#57606a"),
+}
+ROLLBACK_COLOUR = "#8250df"
+TIMELINE_WIDTH = 1200
+TIMELINE_LABEL_WIDTH = 175
+TIMELINE_LANE_HEIGHT = 100
+# Marks closer than the gap (px) stack into rows below one another.
+TIMELINE_MARK_GAP = 13
+TIMELINE_ROWS = 3
+TIMELINE_ROW_HEIGHT = 14
+TIMELINE_STYLE = """
+body{font:14px/1.45 -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#1f2328;
+margin:24px;background:#fff}
+h1{font-size:20px;margin:0 0 4px}
+p.window{color:#57606a;margin:0 0 16px}
+table.stats{border-collapse:collapse;margin:0 0 20px}
+table.stats th,table.stats td{border:1px solid #d0d7de;padding:4px 10px;text-align:right}
+table.stats th:first-child,table.stats td:first-child{text-align:left;color:#57606a}
+table.stats thead th{background:#f6f8fa;text-align:center}
+.chart{overflow-x:auto}
+svg text{font:12px -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;fill:#1f2328}
+svg text.lane{font-weight:600;font-size:13px}
+svg text.muted{fill:#57606a}
+.grid{stroke:#d0d7de;stroke-width:1}
+.baseline{stroke:#afb8c1;stroke-width:1.5}
+.mark{stroke-width:1.5}
+.restore{fill:none;stroke:ROLLBACK;stroke-width:1.6;marker-end:url(#arrowhead)}
+.restore.earlier{stroke-dasharray:5 3}
+"""
+# A Mermaid label keeps these characters; any other becomes an entity code (#NNN;).
+MERMAID_SAFE_CHARACTER = LazyPattern(r"[A-Za-z0-9 _./:@+,=-]")
+SELECT_ENVIRONMENTS = "SELECT DISTINCT environment FROM deployments ORDER BY environment"
+# A change is a deployment that is not a rollback; it failed if its
+# verification failed or it was rolled back. The window is on deployed_at.
+SELECT_STATS_COUNTS = """
+    SELECT coalesce(sum(rollback_of IS NULL), 0), coalesce(sum(rollback_of IS NOT NULL), 0),
+        coalesce(sum(rollback_of IS NULL AND status IN ('failed', 'rolled_back')), 0)
+    FROM deployments
+    WHERE environment = :environment AND deployed_at >= :since AND deployed_at <= :until
+"""
+# Per failed change: seconds until the next deployment in its environment that
+# was verified (NULL while there is none).
+SELECT_RESTORE_SECONDS = """
+    SELECT CAST(strftime('%s', (
+            SELECT restore.verified_at FROM deployments AS restore
+            WHERE restore.environment = failure.environment AND restore.seq > failure.seq
+                AND restore.status IN ('verified', 'rolled_back')
+                AND restore.verified_at IS NOT NULL
+            ORDER BY restore.seq LIMIT 1
+        )) AS INTEGER) - CAST(strftime('%s', failure.deployed_at) AS INTEGER)
+    FROM deployments AS failure
+    WHERE failure.environment = :environment AND failure.deployed_at >= :since
+        AND failure.deployed_at <= :until AND failure.rollback_of IS NULL
+        AND failure.status IN ('failed', 'rolled_back')
+    ORDER BY failure.seq
+"""
+SELECT_LEAD_SECONDS = """
+    SELECT CAST(strftime('%s', verified_at) AS INTEGER)
+        - CAST(strftime('%s', committed_at) AS INTEGER)
+    FROM deployments
+    WHERE environment = :environment AND deployed_at >= :since AND deployed_at <= :until
+        AND rollback_of IS NULL AND committed_at IS NOT NULL AND verified_at IS NOT NULL
+        AND status IN ('verified', 'rolled_back')
+"""
 
 # --------------------------------------------------------------------------
 # Exceptions
@@ -257,6 +417,57 @@ def m001_deployments_and_events(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX deployments_by_branch ON deployments (branch, seq)")
     db.execute("CREATE INDEX deployments_by_status ON deployments (status, seq)")
     db.execute("CREATE INDEX events_by_deployment ON events (deployment_id, seq)")
+
+
+@migration
+def m002_control(db: sqlite3.Connection) -> None:
+    """Blocking, promotion links and the log of prunes."""
+    db.execute("ALTER TABLE deployments ADD COLUMN promoted_from TEXT REFERENCES deployments (id)")
+    db.execute(
+        "ALTER TABLE deployments ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0"
+        " CHECK (blocked IN (0, 1))"
+    )
+    db.execute("ALTER TABLE deployments ADD COLUMN blocked_at TEXT")
+    db.execute("ALTER TABLE deployments ADD COLUMN blocked_by TEXT")
+    db.execute("ALTER TABLE deployments ADD COLUMN blocked_reason TEXT")
+    # The promotion gate looks for a verified image in the source environment.
+    # Partial: writes of unverified deployments never touch it.
+    db.execute(
+        "CREATE INDEX verified_deployments_by_image ON deployments (environment, image_tag, seq)"
+        " WHERE status = 'verified'"
+    )
+    db.execute(
+        """
+        CREATE TABLE prunes (
+            seq INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            by TEXT,
+            environment TEXT,
+            keep INTEGER NOT NULL,
+            removed INTEGER NOT NULL,
+            removed_events INTEGER NOT NULL,
+            removed_ids TEXT NOT NULL
+        )
+        """
+    )
+
+
+@migration
+def m003_list_filter_indexes(db: sqlite3.Connection) -> None:
+    """An index for every filter combination of `list`.
+
+    With only some of its filters in an index, a LIMIT query walks every row
+    matching those until enough match the rest: all verified rows of all
+    branches, for `--branch X --status verified` on a rarely deployed branch.
+    """
+    db.execute("CREATE INDEX deployments_by_branch_status ON deployments (branch, status, seq)")
+    db.execute(
+        "CREATE INDEX deployments_by_environment_branch ON deployments (environment, branch, seq)"
+    )
+    db.execute(
+        "CREATE INDEX deployments_by_environment_branch_status"
+        " ON deployments (environment, branch, status, seq)"
+    )
 
 
 def schema_version(db: sqlite3.Connection) -> int:
@@ -409,7 +620,8 @@ def sanitise_branch(branch: str) -> str:
     """
     part = UNSAFE_TAG_CHARACTERS.sub("-", branch)
     part = re.sub(r"-{2,}", "-", part).lstrip(".-")
-    if part and len(part) <= MAX_BRANCH_PART:
+    # Judge the raw name: sanitising can shrink two long names to one short tag.
+    if part and len(branch) <= MAX_BRANCH_PART:
         return part
     import hashlib
 
@@ -461,6 +673,7 @@ FIELD_CHECKS: dict[str, Callable[[str], str]] = {
     "run_id": check_run_id,
     "run_url": check_run_url,
     "rollback_of": check_id,
+    "promoted_from": check_id,
     "note": lambda value: check_text("note", value, multiline=True),
 }
 
@@ -471,16 +684,20 @@ def connect(path: str, *, write: bool) -> sqlite3.Connection:
     Reading never creates a file. A file that is not ours, or comes from a
     newer version of this tool, is refused before anything touches it.
     """
-    location = Path(path)
-    if location.is_dir():
+    # The path as pathlib would see it (no trailing '/'; '' is the current
+    # folder), without importing pathlib: start-up time counts.
+    location = path.rstrip("/" + os.sep) or (path[:1] if path else ".")
+    if os.path.isdir(location):
         raise DatabaseProblem(f"database path is a directory: {path}")
-    exists = location.exists()
+    exists = os.path.exists(location)
     if not exists and not write:
         raise DatabaseProblem(f"no database at {path} (record a deployment first, or pass --db)")
     try:
         if write:
             if not exists:
-                location.parent.mkdir(parents=True, exist_ok=True)
+                from pathlib import Path
+
+                Path(location).parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         else:
             # mode=rw never creates the file; SQLite falls back to read-only
@@ -492,10 +709,21 @@ def connect(path: str, *, write: bool) -> sqlite3.Connection:
         check_schema(db, path, write=write)
     except DatabaseProblem:
         db.close()
-        if write or not location.exists() or os.access(location.parent, os.W_OK):
+        if (
+            write
+            or not os.path.exists(location)
+            or os.access(os.path.dirname(location) or ".", os.W_OK)
+        ):
             raise
         # A WAL database in a read-only folder cannot get its -shm file; as
-        # nobody can write there either, reading it as immutable is safe.
+        # nobody can write there either, reading it as immutable is safe...
+        wal = f"{location}-wal"
+        if os.path.exists(wal) and os.path.getsize(wal) > 0:
+            # ...unless commits still sit in the -wal file: immutable skips them.
+            raise DatabaseProblem(
+                f"{wal} holds commits not yet in {path} and the folder is read-only;"
+                " open it once where it is writable"
+            ) from None
         db = open_uri(location, "mode=ro&immutable=1")
         try:
             check_schema(db, path, write=False)
@@ -508,8 +736,18 @@ def connect(path: str, *, write: bool) -> sqlite3.Connection:
     return db
 
 
-def open_uri(location: Path, query: str) -> sqlite3.Connection:
-    uri = f"{location.resolve().as_uri()}?{query}"
+def open_uri(location: str, query: str) -> sqlite3.Connection:
+    """Open `location` by a file: URI, as pathlib's resolve().as_uri() would spell it."""
+    if os.name == "nt":
+        from pathlib import Path
+
+        address = Path(location).resolve().as_uri()
+    else:
+        absolute = os.fsencode(os.path.realpath(location))
+        address = "file://" + "".join(
+            chr(byte) if byte in URI_SAFE_BYTES else f"%{byte:02X}" for byte in absolute
+        )
+    uri = f"{address}?{query}"
     return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
 
 
@@ -518,6 +756,9 @@ def check_schema(db: sqlite3.Connection, path: str, *, write: bool) -> None:
         application_id = db.execute("PRAGMA application_id").fetchone()[0]
         version = schema_version(db)
         has_tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.OperationalError as error:
+        # I/O, permissions or a full disk: the file may be fine, so don't call it broken.
+        raise DatabaseProblem(f"cannot use database {path}: {error}") from None
     except sqlite3.DatabaseError as error:
         raise DatabaseProblem(f"{path} is not a readable deployment database ({error})") from None
     if application_id not in (0, APPLICATION_ID) or (
@@ -572,7 +813,9 @@ def write_transaction(db: sqlite3.Connection, action: Callable[[], T]) -> T:
 
 
 def row_to_record(row: Sequence[Any]) -> Record:
-    return dict(zip(FIELDS, row))
+    record = dict(zip(FIELDS, row))
+    record["blocked"] = bool(record["blocked"])
+    return record
 
 
 def find(db: sqlite3.Connection, deployment_id: str) -> Optional[Record]:
@@ -611,6 +854,60 @@ def running(db: sqlite3.Connection, environment: str) -> Optional[Record]:
     return row_to_record(row) if row else None
 
 
+def check_record_input(
+    *,
+    environment: str,
+    branch: Optional[str] = None,
+    commit_sha: Optional[str] = None,
+    image_tag: Optional[str] = None,
+    deployment_id: Optional[str] = None,
+    status: str = "deployed",
+    actor: Optional[str] = None,
+    run_id: Optional[str] = None,
+    run_url: Optional[str] = None,
+    rollback_of: Optional[str] = None,
+    note: Optional[str] = None,
+    committed_at: Optional[str] = None,
+    promoted_from: Optional[str] = None,
+    override_gate: Optional[str] = None,
+) -> Optional[str]:
+    """Validate what `record` was given, before any file is touched.
+
+    Returns the commit time normalised to ISO 8601 UTC.
+    """
+    check_environment(environment)
+    check_choice("status", status, RECORD_STATUSES)
+    check_fields(
+        branch=branch,
+        commit_sha=commit_sha,
+        image_tag=image_tag,
+        actor=actor,
+        run_id=run_id,
+        run_url=run_url,
+        rollback_of=rollback_of,
+        note=note,
+        promoted_from=promoted_from,
+    )
+    if override_gate is not None:
+        check_text("reason", override_gate)
+    if rollback_of is not None and promoted_from is not None:
+        raise InvalidInput("a deployment is a rollback or a promotion, not both")
+    if rollback_of is None and promoted_from is None and (branch is None or commit_sha is None):
+        raise InvalidInput(
+            "--branch and --commit are required (unless --rollback-of or --promoted-from is given)"
+        )
+    if deployment_id is not None:
+        _, id_sha, _ = parse_id(deployment_id)
+        if commit_sha is not None and not commit_sha.startswith(id_sha):
+            raise InvalidInput(
+                f"deployment id {deployment_id} names commit {id_sha},"
+                f" not {commit_sha[:SHORT_SHA_LENGTH]}"
+            )
+    if committed_at is None:
+        return None
+    return iso(parse_timestamp(committed_at, name="commit time"))
+
+
 def record_deployment(
     db: sqlite3.Connection,
     *,
@@ -627,38 +924,39 @@ def record_deployment(
     note: Optional[str] = None,
     committed_at: Optional[str] = None,
     now: Optional[datetime] = None,
+    promoted_from: Optional[str] = None,
+    override_gate: Optional[str] = None,
+    gates: Optional[dict[str, str]] = None,
+    warn: Callable[[str], None] = lambda message: None,
 ) -> tuple[Record, bool]:
     """Record a deployment; returns it and whether it was new.
 
     Recording the same id again with the same fields is a success that changes
     nothing, so a retried CI step is safe. A rollback (`rollback_of`) takes the
     target's branch, commit and image unless given, and marks the deployment it
-    replaces as rolled back.
+    replaces as rolled back. A promotion (`promoted_from`) takes them from the
+    verified deployment it promotes. Outside rollbacks, a gated environment
+    (`gates`, target -> source; default from $DEPLOYMENT_TRACKER_GATES) only
+    takes an image verified in its source, unless `override_gate` gives a reason.
     """
-    check_environment(environment)
-    check_choice("status", status, RECORD_STATUSES)
-    check_fields(
+    gates = promotion_gates(os.environ.get(GATES_ENV_VAR)) if gates is None else gates
+    committed_at = check_record_input(
+        environment=environment,
         branch=branch,
         commit_sha=commit_sha,
         image_tag=image_tag,
+        deployment_id=deployment_id,
+        status=status,
         actor=actor,
         run_id=run_id,
         run_url=run_url,
         rollback_of=rollback_of,
         note=note,
+        committed_at=committed_at,
+        promoted_from=promoted_from,
+        override_gate=override_gate,
     )
-    if committed_at is not None:
-        committed_at = iso(parse_timestamp(committed_at, name="commit time"))
-    if rollback_of is None and (branch is None or commit_sha is None):
-        raise InvalidInput("--branch and --commit are required (unless --rollback-of is given)")
     moment = now or utc_now()
-    if deployment_id is not None:
-        _, id_sha, _ = parse_id(deployment_id)
-        if commit_sha is not None and not commit_sha.startswith(id_sha):
-            raise InvalidInput(
-                f"deployment id {deployment_id} names commit {id_sha},"
-                f" not {commit_sha[:SHORT_SHA_LENGTH]}"
-            )
 
     def insert() -> tuple[Record, bool]:
         nonlocal branch, commit_sha, image_tag, deployment_id
@@ -680,6 +978,11 @@ def record_deployment(
             branch = branch or target["branch"]
             commit_sha = commit_sha or target["commit_sha"]
             image_tag = target["image_tag"]
+        if promoted_from is not None:
+            source = promotion_source(db, promoted_from, environment, image_tag)
+            branch = branch or source["branch"]
+            commit_sha = commit_sha or source["commit_sha"]
+            image_tag = source["image_tag"]
         assert branch is not None and commit_sha is not None
         if deployment_id is None:
             deployment_id = make_id(branch, commit_sha, moment)
@@ -699,6 +1002,11 @@ def record_deployment(
             "rollback_of": rollback_of,
             "note": note,
             "committed_at": committed_at,
+            "promoted_from": promoted_from,
+            "blocked": False,
+            "blocked_at": None,
+            "blocked_by": None,
+            "blocked_reason": None,
         }
         existing = find(db, deployment_id)
         if existing is not None:
@@ -715,8 +1023,12 @@ def record_deployment(
         replaced = running(db, environment) if target is not None else None
         if replaced is not None and replaced["id"] == rollback_of:
             raise Refused(f"{rollback_of} is what is running in {environment} now")
+        # A rollback redeploys what this environment already ran: no gate.
+        gate_problem = None if target is not None else pass_gate(db, record, gates, override_gate)
         db.execute(INSERT_DEPLOYMENT, record)
         add_event(db, deployment_id, status, record["deployed_at"], actor, note)
+        if gate_problem is not None:
+            record_gate_override(db, record, gate_problem, override_gate, warn)
         if replaced is not None and replaced["status"] in ("deployed", "verified"):
             db.execute(
                 "UPDATE deployments SET status = 'rolled_back' WHERE id = ?",
@@ -735,6 +1047,14 @@ def record_deployment(
     return write_transaction(db, insert)
 
 
+def check_verify_input(
+    deployment_id: str, status: str, *, by: Optional[str] = None, note: Optional[str] = None
+) -> None:
+    check_id(deployment_id)
+    check_choice("status", status, VERIFY_STATUSES)
+    check_fields(verified_by=by, note=note)
+
+
 def verify_deployment(
     db: sqlite3.Connection,
     deployment_id: str,
@@ -745,9 +1065,7 @@ def verify_deployment(
     now: Optional[datetime] = None,
 ) -> tuple[Record, bool]:
     """Record a verification result; returns the record and whether it changed."""
-    check_id(deployment_id)
-    check_choice("status", status, VERIFY_STATUSES)
-    check_fields(verified_by=by, note=note)
+    check_verify_input(deployment_id, status, by=by, note=note)
     at = iso(now or utc_now())
 
     def update() -> tuple[Record, bool]:
@@ -818,9 +1136,10 @@ def rollback_target(
 ) -> Record:
     """The deployment to roll back to; never the one being rolled back from.
 
-    Without an id: the latest verified deployment whose image differs from the
-    running one. With an id: that deployment, which must be in the environment
-    and have been verified (`force` overrides the verification check, loudly).
+    Without an id: the latest verified, unblocked deployment whose image
+    differs from the running one. With an id: that deployment, which must be in
+    the environment, have been verified and not be blocked (`force` overrides
+    these checks, loudly).
     """
     check_environment(environment)
     current = running(db, environment)
@@ -850,6 +1169,8 @@ def rollback_target(
         problems.append(f"was never verified (status {target['status']})")
     if target["image_tag"] == current["image_tag"]:
         problems.append(f"runs the same image as now ({target['image_tag']})")
+    if target["blocked"]:
+        problems.append(f"is blocked ({target['blocked_reason']})")
     if problems and not force:
         raise Refused(
             f"deployment {deployment_id} {' and '.join(problems)}; --force to use it anyway"
@@ -857,6 +1178,525 @@ def rollback_target(
     for problem in problems:
         warn(f"WARNING: forced: deployment {deployment_id} {problem}")
     return target
+
+
+def promotion_gates(text: Optional[str]) -> dict[str, str]:
+    """Parse `SOURCE:TARGET[,SOURCE:TARGET...]` into {target: source}.
+
+    Unset or empty means the default (staging:production), so a blank CI
+    variable never opens the gate by accident; only 'none' turns gates off.
+    """
+    text = (text or "").strip() or DEFAULT_GATES
+    if text.lower() == NO_GATES:
+        return {}
+    gates: dict[str, str] = {}
+    for pair in text.split(","):
+        source, _, target = (part.strip() for part in pair.partition(":"))
+        if not (
+            ENVIRONMENT_PATTERN.fullmatch(source)
+            and ENVIRONMENT_PATTERN.fullmatch(target)
+            and source != target
+            and target not in gates
+        ):
+            raise InvalidInput(
+                f"{GATES_ENV_VAR} must be SOURCE:TARGET pairs of different environments,"
+                f" one source per target, separated by commas (or 'none'): {describe(text)}"
+            )
+        gates[target] = source
+    return gates
+
+
+def gate_refusal(db: sqlite3.Connection, record: Record, gates: dict[str, str]) -> Optional[str]:
+    """Why the gate keeps `record` out of its environment; None if it may enter."""
+    source = gates.get(record["environment"])
+    if source is None or db.execute(SELECT_GATE_PASS, (source, record["image_tag"])).fetchone():
+        return None
+    problem = (
+        f"{record['environment']} only receives images verified in {source}:"
+        f" image {record['image_tag']} has no verified, unblocked {source} deployment"
+    )
+    row = db.execute(SELECT_GATE_SAME_COMMIT, (source, record["commit_sha"])).fetchone()
+    if row is not None:
+        problem += (
+            f" (commit {record['commit_sha'][:SHORT_SHA_LENGTH]} was verified there"
+            f" as image {row_to_record(row)['image_tag']})"
+        )
+    return problem
+
+
+def pass_gate(
+    db: sqlite3.Connection, record: Record, gates: dict[str, str], override: Optional[str]
+) -> Optional[str]:
+    """Refuse `record` at its gate unless overridden; returns the overridden problem."""
+    problem = gate_refusal(db, record, gates)
+    if problem is not None and override is None:
+        raise Refused(f"{problem}; promote a verified image, or --override-gate REASON")
+    return problem
+
+
+def record_gate_override(
+    db: sqlite3.Connection,
+    record: Record,
+    problem: str,
+    reason: Optional[str],
+    warn: Callable[[str], None],
+) -> None:
+    note = f"{problem}; overridden: {reason}"
+    add_event(db, record["id"], GATE_OVERRIDE_EVENT, record["deployed_at"], record["actor"], note)
+    warn(f"WARNING: promotion gate overridden: {problem} (reason: {reason})")
+
+
+def promotion_source(
+    db: sqlite3.Connection, source_id: str, environment: str, image_tag: Optional[str] = None
+) -> Record:
+    """The deployment a promotion into `environment` reuses: verified and not blocked."""
+    source = find(db, check_id(source_id))
+    if source is None:
+        raise NotFound(f"no deployment with id {source_id} to promote")
+    if source["environment"] == environment:
+        raise Refused(f"deployment {source_id} is already in {environment}")
+    if source["status"] != "verified":
+        raise Refused(
+            f"deployment {source_id} is {source['status']}; only a verified one can be promoted"
+        )
+    if source["blocked"]:
+        raise Refused(f"deployment {source_id} is blocked ({source['blocked_reason']})")
+    if image_tag is not None and image_tag != source["image_tag"]:
+        raise InvalidInput(
+            f"a promotion deploys the image of {source_id} ({source['image_tag']}), not {image_tag}"
+        )
+    return source
+
+
+def promotion_candidate(
+    db: sqlite3.Connection,
+    source: str,
+    target: str,
+    deployment_id: Optional[str] = None,
+) -> Record:
+    """What to promote from `source` to `target`, reusing its image.
+
+    Without an id: the latest verified, unblocked deployment in `source`. With
+    an id: that deployment, which must be in `source`, verified and unblocked.
+    Either way its image must not be what `target` runs now.
+    """
+    check_environment(source)
+    check_environment(target)
+    if source == target:
+        raise InvalidInput(f"--from and --to must be different environments: {source}")
+    if deployment_id is None:
+        row = db.execute(SELECT_PROMOTION_CANDIDATE, (source,)).fetchone()
+        if row is None:
+            raise NotFound(f"no verified, unblocked deployment in {source} to promote")
+        candidate = row_to_record(row)
+    else:
+        candidate = get_deployment(db, deployment_id)
+        if candidate["environment"] != source:
+            raise Refused(
+                f"deployment {deployment_id} is in {candidate['environment']}, not {source}"
+            )
+        candidate = promotion_source(db, deployment_id, target)
+    current = running(db, target)
+    if current is not None and current["image_tag"] == candidate["image_tag"]:
+        raise Refused(
+            f"{target} already runs image {candidate['image_tag']} (deployment {current['id']})"
+        )
+    return candidate
+
+
+def block_deployment(
+    db: sqlite3.Connection,
+    deployment_id: str,
+    *,
+    reason: str,
+    by: Optional[str] = None,
+    now: Optional[datetime] = None,
+) -> tuple[Record, bool]:
+    """Mark a deployment bad so nothing picks it; returns it and whether it changed.
+
+    Blocking a blocked deployment changes nothing (its first reason stays).
+    """
+    check_id(deployment_id)
+    check_text("reason", reason)
+    if by is not None:
+        check_text("by", by)
+    at = iso(now or utc_now())
+
+    def update() -> tuple[Record, bool]:
+        record = get_deployment(db, deployment_id)
+        if record["blocked"]:
+            return record, False
+        db.execute(
+            "UPDATE deployments SET blocked = 1, blocked_at = ?, blocked_by = ?,"
+            " blocked_reason = ? WHERE id = ?",
+            (at, by, reason, deployment_id),
+        )
+        add_event(db, deployment_id, BLOCKED_EVENT, at, by, reason)
+        record.update(blocked=True, blocked_at=at, blocked_by=by, blocked_reason=reason)
+        return record, True
+
+    return write_transaction(db, update)
+
+
+def unblock_deployment(
+    db: sqlite3.Connection,
+    deployment_id: str,
+    *,
+    by: Optional[str] = None,
+    reason: Optional[str] = None,
+    now: Optional[datetime] = None,
+) -> tuple[Record, bool]:
+    """Lift a block; unblocking a deployment that is not blocked changes nothing."""
+    check_id(deployment_id)
+    if reason is not None:
+        check_text("reason", reason)
+    if by is not None:
+        check_text("by", by)
+    at = iso(now or utc_now())
+
+    def update() -> tuple[Record, bool]:
+        record = get_deployment(db, deployment_id)
+        if not record["blocked"]:
+            return record, False
+        db.execute(
+            "UPDATE deployments SET blocked = 0, blocked_at = NULL, blocked_by = NULL,"
+            " blocked_reason = NULL WHERE id = ?",
+            (deployment_id,),
+        )
+        add_event(db, deployment_id, UNBLOCKED_EVENT, at, by, reason)
+        record.update(blocked=False, blocked_at=None, blocked_by=None, blocked_reason=None)
+        return record, True
+
+    return write_transaction(db, update)
+
+
+def plan_prune(
+    db: sqlite3.Connection, keep: int, environment: Optional[str] = None
+) -> list[Record]:
+    """The deployments a prune removes, newest first.
+
+    In each environment (or only `environment`) the newest `keep` stay, and so
+    do: the running deployment, the latest verified one, the rollback
+    candidate, every blocked one, and everything a staying deployment links to
+    through rollback_of or promoted_from, in any environment. Links always
+    point to older deployments, so one pass from the newest finds them all.
+    """
+    if keep < 0:
+        raise InvalidInput(f"keep must be 0 or more: {keep}")
+    if environment is not None:
+        check_environment(environment)
+    seen: dict[str, int] = {}
+    running_image: dict[str, str] = {}
+    latest_verified: set[str] = set()
+    rollback_candidate: set[str] = set()
+    linked: set[str] = set()
+    doomed: list[Record] = []
+    for row in db.execute(SELECT_DEPLOYMENT + " ORDER BY seq DESC"):
+        record = row_to_record(row)
+        env = record["environment"]
+        seen[env] = position = seen.get(env, 0) + 1
+        stays = (
+            (environment is not None and env != environment)
+            or position <= keep
+            or position == 1
+            or record["blocked"]
+            or record["id"] in linked
+        )
+        if position == 1:
+            running_image[env] = record["image_tag"]
+        if record["status"] == "verified":
+            if env not in latest_verified:
+                latest_verified.add(env)
+                stays = True
+            if (
+                env not in rollback_candidate
+                and not record["blocked"]
+                and record["image_tag"] != running_image[env]
+            ):
+                rollback_candidate.add(env)
+                stays = True
+        if stays:
+            linked.update(link for link in (record["rollback_of"], record["promoted_from"]) if link)
+        else:
+            doomed.append(record)
+    return doomed
+
+
+def prune(
+    db: sqlite3.Connection,
+    keep: int,
+    environment: Optional[str] = None,
+    *,
+    by: Optional[str] = None,
+    dry_run: bool = False,
+    now: Optional[datetime] = None,
+) -> tuple[list[Record], int]:
+    """Delete what `plan_prune` selects, with its events, in one transaction.
+
+    Returns the removed deployments and how many events went with them. A
+    prune that removes something is logged in the prunes table. A dry run
+    only reads.
+    """
+    if by is not None:
+        check_text("by", by)
+    at = iso(now or utc_now())
+
+    def count_events(doomed: list[Record]) -> int:
+        sql = "SELECT count(*) FROM events WHERE deployment_id = ?"
+        return sum(db.execute(sql, (record["id"],)).fetchone()[0] for record in doomed)
+
+    if dry_run:
+        doomed = plan_prune(db, keep, environment)
+        return doomed, count_events(doomed)
+
+    def apply() -> tuple[list[Record], int]:
+        import json
+
+        doomed = plan_prune(db, keep, environment)
+        removed_events = 0
+        # Newest first: a deployment goes before the older ones it links to.
+        for record in doomed:
+            removed_events += db.execute(
+                "DELETE FROM events WHERE deployment_id = ?", (record["id"],)
+            ).rowcount
+            db.execute("DELETE FROM deployments WHERE id = ?", (record["id"],))
+        if doomed:
+            db.execute(
+                "INSERT INTO prunes (at, by, environment, keep, removed, removed_events,"
+                " removed_ids) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    at,
+                    by,
+                    environment,
+                    keep,
+                    len(doomed),
+                    removed_events,
+                    json.dumps([record["id"] for record in doomed]),
+                ),
+            )
+        return doomed, removed_events
+
+    return write_transaction(db, apply)
+
+
+def prunes(db: sqlite3.Connection) -> list[Record]:
+    """The log of prunes, oldest first."""
+    columns = ("at", "by", "environment", "keep", "removed", "removed_events", "removed_ids")
+    sql = f"SELECT {', '.join(columns)} FROM prunes ORDER BY seq"  # noqa: S608 (constant columns)
+    return [dict(zip(columns, row)) for row in db.execute(sql)]
+
+
+def notification_text(
+    event: str, deployment_id: str, record: Optional[Record], message: Optional[str]
+) -> str:
+    """A Slack-style (mrkdwn) message about a deployment event."""
+
+    def safe(value: Any) -> str:
+        return shown_value(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    where = f" in *{safe(record['environment'])}*" if record else ""
+    headline = {
+        "verification-failed": f":x: Verification failed{where}: {safe(deployment_id)}",
+        "rollback": f":rewind: Automatic rollback{where}: now running {safe(deployment_id)}",
+        "rollback-failed": (
+            f":rotating_light: Rollback failed{where} after {safe(deployment_id)};"
+            " manual action needed"
+        ),
+    }[event]
+    lines = [headline]
+    if record is not None:
+        details = [
+            f"image {safe(record['image_tag'])}",
+            f"branch {safe(record['branch'])}",
+            f"commit {safe(record['commit_sha'][:SHORT_SHA_LENGTH])}",
+            f"status {safe(record['status'])}",
+        ]
+        if record["rollback_of"]:
+            details.append(f"restores {safe(record['rollback_of'])}")
+        lines.append(" | ".join(details))
+        if record["run_url"]:
+            lines.append(f"<{safe(record['run_url'])}|CI run {safe(record['run_id'] or '')}>")
+    if message:
+        lines.append(safe(message))
+    return "\n".join(lines)
+
+
+def send_webhook(
+    url: str,
+    payload: Record,
+    *,
+    timeout: float = NOTIFY_TIMEOUT_SECONDS,
+    retries: int = NOTIFY_RETRIES,
+    retry_delay: float = NOTIFY_RETRY_DELAY_SECONDS,
+    say: Callable[[str], None] = lambda message: None,
+) -> bool:
+    """POST `payload` as JSON; retry on timeouts, network errors, 429 and 5xx.
+
+    Returns whether it was delivered. Never raises for a delivery problem, and
+    never shows the URL, which is a secret for Slack-style webhooks.
+    """
+    import http.client
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    if not URL_PATTERN.fullmatch(url):
+        say("WARNING: notification not sent: the webhook URL is not an http(s) URL")
+        return False
+    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": f"deployment-tracker/{__version__}",
+    }
+    attempts = retries + 1
+    problem = ""
+    for attempt in range(1, attempts + 1):
+        request = urllib.request.Request(url, body, headers, method="POST")  # noqa: S310
+        retryable = True
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                response.read()
+            return True
+        except urllib.error.HTTPError as error:
+            problem = f"HTTP {error.code}"
+            retryable = error.code == 429 or error.code >= 500
+        except urllib.error.URLError as error:
+            problem = str(error.reason)
+        except (OSError, http.client.HTTPException) as error:
+            problem = str(error) or type(error).__name__
+        if not retryable or attempt == attempts:
+            break
+        delay = retry_delay * 2 ** (attempt - 1)
+        say(f"notification attempt {attempt}/{attempts} failed ({problem}); retrying in {delay:g}s")
+        time.sleep(delay)
+    say(f"WARNING: notification not sent: {problem} (the deployment is not affected)")
+    return False
+
+
+def parse_since(value: str, now: datetime) -> datetime:
+    """A window's start: a span back from now (`12h`, `30d`, `2w`) or an ISO 8601 date/time."""
+    text = value.strip()
+    match = SINCE_PATTERN.fullmatch(text)
+    if match:
+        amount = int(match["amount"])
+        if amount == 0:
+            raise InvalidInput(f"since must be a span longer than zero: {describe(value)}")
+        return now - amount * SINCE_UNITS[match["unit"]]
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        start = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(
+            f"since must be a span such as 30d, 12h or 2w, or an ISO 8601 date or time:"
+            f" {describe(value)}"
+        ) from None
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=timezone.utc)
+    if start >= now:
+        raise InvalidInput(f"since must be before now ({iso(now)}): {describe(value)}")
+    return start
+
+
+def deployment_environments(db: sqlite3.Connection) -> list[str]:
+    """Every environment that has a deployment, in name order."""
+    return [row[0] for row in db.execute(SELECT_ENVIRONMENTS)]
+
+
+def median_seconds(values: Sequence[int]) -> Optional[int]:
+    import statistics
+
+    return round(statistics.median(values)) if values else None
+
+
+def deployment_stats(
+    db: sqlite3.Connection,
+    *,
+    since: datetime,
+    environment: Optional[str] = None,
+    now: Optional[datetime] = None,
+) -> list[Record]:
+    """DORA figures per environment over the deployments made from `since` to `now`.
+
+    A change is a deployment that is not a rollback. Frequency counts changes;
+    the failure rate is changes that failed or were rolled back over changes;
+    time to restore runs per failed change from its deployment to the next
+    verified deployment in its environment; lead time runs from commit time to
+    verification of a verified change. Durations are whole seconds.
+    """
+    until = now or utc_now()
+    if since >= until:
+        raise InvalidInput(f"since must be before now ({iso(until)}): {iso(since)}")
+    names = [check_environment(environment)] if environment else deployment_environments(db)
+    days = (until - since).total_seconds() / 86400
+    figures = []
+    for name in names:
+        window = {"environment": name, "since": iso(since), "until": iso(until)}
+        changes, rollbacks, failures = db.execute(SELECT_STATS_COUNTS, window).fetchone()
+        restores = [row[0] for row in db.execute(SELECT_RESTORE_SECONDS, window)]
+        restored = [seconds for seconds in restores if seconds is not None]
+        lead_times = [row[0] for row in db.execute(SELECT_LEAD_SECONDS, window)]
+        figures.append(
+            {
+                "environment": name,
+                "since": window["since"],
+                "until": window["until"],
+                "days": round(days, 3),
+                "deployments": changes,
+                "deployments_per_day": round(changes / days, 3),
+                "deployments_per_week": round(changes / days * 7, 3),
+                "rollbacks": rollbacks,
+                "change_failures": failures,
+                "change_failure_rate": round(failures / changes, 3) if changes else None,
+                "restored": len(restored),
+                "unrestored": len(restores) - len(restored),
+                "time_to_restore_median_seconds": median_seconds(restored),
+                "time_to_restore_worst_seconds": max(restored) if restored else None,
+                "lead_time_changes": len(lead_times),
+                "lead_time_median_seconds": median_seconds(lead_times),
+            }
+        )
+    return figures
+
+
+def timeline_deployments(
+    db: sqlite3.Connection,
+    *,
+    since: datetime,
+    environment: Optional[str] = None,
+    now: Optional[datetime] = None,
+    limit: int = HTML_MAX_DEPLOYMENTS,
+) -> tuple[list[Record], int]:
+    """The newest `limit` deployments made from `since` to `now`, oldest first,
+    and how many there are in that window."""
+    conditions = ["deployed_at >= ?", "deployed_at <= ?"]
+    parameters: list[Any] = [iso(since), iso(now or utc_now())]
+    if environment is not None:
+        conditions.append("environment = ?")
+        parameters.append(check_environment(environment))
+    where = " WHERE " + " AND ".join(conditions)
+    count_sql = "SELECT count(*) FROM deployments" + where  # noqa: S608 (constant conditions)
+    total: int = db.execute(count_sql, parameters).fetchone()[0]
+    rows = db.execute(
+        SELECT_DEPLOYMENT + where + " ORDER BY seq DESC LIMIT ?", [*parameters, limit]
+    )
+    return [row_to_record(row) for row in rows][::-1], total
+
+
+def rollback_targets_outside(
+    db: sqlite3.Connection, records: Sequence[Record]
+) -> dict[str, Record]:
+    """The deployments that rollbacks among `records` restored, when not among them."""
+    shown = {record["id"] for record in records}
+    targets = {}
+    for record in records:
+        target_id = record["rollback_of"]
+        if target_id and target_id not in shown and target_id not in targets:
+            target = find(db, target_id)
+            if target is not None:
+                targets[target_id] = target
+    return targets
 
 
 # --------------------------------------------------------------------------
@@ -1032,6 +1872,8 @@ def read_history_file(repo: str, commit: str, env: dict[str, str]) -> Optional[b
 
 def make_self_contained(path: str) -> None:
     """Checkpoint the WAL into the file and leave it in rollback-journal mode."""
+    from pathlib import Path
+
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -1049,6 +1891,8 @@ def make_self_contained(path: str) -> None:
 
 def content_digest(path: str) -> Optional[str]:
     """A digest of the database's content (not its bytes); None when there is no file."""
+    from pathlib import Path
+
     if not Path(path).exists():
         return None
     import hashlib
@@ -1123,6 +1967,7 @@ def run_tracker_command(
 ) -> GitResult:
     """Run one tracker command in a child process against `db_path`."""
     import subprocess
+    from pathlib import Path
 
     env = dict(os.environ)
     env.pop(HISTORY_TOKEN_ENV, None)
@@ -1142,6 +1987,8 @@ def run_tracker_command(
 
 def pass_on(result: GitResult, github_output: Optional[str], target: Optional[str]) -> None:
     """Hand the chosen attempt's output to our caller."""
+    from pathlib import Path
+
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(result.stderr)
@@ -1158,7 +2005,7 @@ def pass_on(result: GitResult, github_output: Optional[str], target: Optional[st
                 ) from None
 
 
-def run_with_history(
+def run_with_history(  # noqa: PLR0915 (its imports are local: start-up time)
     args: Sequence[str],
     *,
     repo: str,
@@ -1176,6 +2023,7 @@ def run_with_history(
     import random
     import tempfile
     import time
+    from pathlib import Path
 
     check_history_remote(remote)
     check_history_branch(branch)
@@ -1238,7 +2086,16 @@ def run_with_history(
 
 
 def shown_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return "" if value is None else str(value)
+
+
+def table_cell(column: str, value: Any) -> str:
+    """A value as a table shows it: a block stands out, its absence is blank."""
+    if column == "blocked":
+        return "BLOCKED" if value else ""
+    return shown_value(value)
 
 
 def echo_records(
@@ -1264,15 +2121,39 @@ def echo_records(
         for record in records:
             writer.writerow([shown_value(record[field]) for field in FIELDS])
         return
-    rows = [[shown_value(record[column]) for column in columns] for record in records]
+    rows = [[table_cell(column, record[column]) for column in columns] for record in records]
     out.write(render_table(rows, list(columns), output_format) + "\n")
 
 
 def render_table(rows: list[list[str]], headers: list[str], output_format: str) -> str:
+    table_format = "simple" if output_format == "table" else output_format
+    if table_format == "simple" and all(
+        cell.isascii() and cell.isprintable() for row in (headers, *rows) for cell in row
+    ):
+        return render_simple_table(rows, headers)
     from tabulate import tabulate
 
-    table_format = "simple" if output_format == "table" else output_format
     return tabulate(rows, headers=headers, tablefmt=table_format, disable_numparse=True)
+
+
+def render_simple_table(rows: list[list[str]], headers: list[str]) -> str:
+    """tabulate's "simple" table, byte for byte, for printable ASCII cells.
+
+    Importing tabulate takes longer than importing click (it reads package
+    metadata), so the default table is drawn here and the rest left to tabulate.
+    """
+    stripped = [[cell.strip() for cell in row] for row in rows]
+    widths = [
+        max([len(header) + 2, *(len(row[column]) for row in stripped)])
+        for column, header in enumerate(headers)
+    ]
+
+    def line(cells: Iterable[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
+
+    return "\n".join(
+        [line(headers), line("-" * width for width in widths), *(line(row) for row in stripped)]
+    )
 
 
 def echo_details(record: Record, history: Optional[list[Record]], output_format: str) -> None:
@@ -1322,6 +2203,437 @@ def write_github_output(path: str, values: Record) -> None:
             output.write("".join(lines))
     except OSError as error:
         raise TrackerError(f"cannot write GITHUB_OUTPUT file {path}: {error.strerror}") from None
+
+
+def from_iso(stamp: str) -> datetime:
+    return datetime.strptime(stamp, ISO_FORMAT).replace(tzinfo=timezone.utc)
+
+
+def format_duration(seconds: Optional[int]) -> str:
+    """A duration for people: `45s`, `12m 5s`, `3h 20m`, `2d 4h`."""
+    if seconds is None:
+        return "-"
+    sign = "-" if seconds < 0 else ""
+    days, rest = divmod(abs(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, rest = divmod(rest, 60)
+    if days:
+        return f"{sign}{days}d {hours}h" if hours else f"{sign}{days}d"
+    if hours:
+        return f"{sign}{hours}h {minutes}m" if minutes else f"{sign}{hours}h"
+    if minutes:
+        return f"{sign}{minutes}m {rest}s" if rest else f"{sign}{minutes}m"
+    return f"{sign}{rest}s"
+
+
+def stats_rows(figures: Sequence[Record]) -> tuple[list[str], list[list[str]]]:
+    """The stats as people read them: a row per figure, a column per environment."""
+
+    def failure_rate(figure: Record) -> str:
+        if not figure["deployments"]:
+            return "-"
+        return (
+            f"{figure['change_failures'] / figure['deployments']:.0%}"
+            f" ({figure['change_failures']}/{figure['deployments']})"
+        )
+
+    def lead_time(figure: Record) -> str:
+        median = figure["lead_time_median_seconds"]
+        if median is None:
+            return "-"
+        return f"{format_duration(median)} (n={figure['lead_time_changes']})"
+
+    shown: tuple[tuple[str, Callable[[Record], str]], ...] = (
+        ("deployments", lambda figure: str(figure["deployments"])),
+        ("per day", lambda figure: f"{figure['deployments_per_day']:.2f}"),
+        ("per week", lambda figure: f"{figure['deployments_per_week']:.1f}"),
+        ("rollbacks", lambda figure: str(figure["rollbacks"])),
+        ("change failure rate", failure_rate),
+        (
+            "time to restore, median",
+            lambda figure: format_duration(figure["time_to_restore_median_seconds"]),
+        ),
+        (
+            "time to restore, worst",
+            lambda figure: format_duration(figure["time_to_restore_worst_seconds"]),
+        ),
+        ("unrestored failures", lambda figure: str(figure["unrestored"])),
+        ("lead time, median", lead_time),
+    )
+    headers = ["figure", *(figure["environment"] for figure in figures)]
+    return headers, [[label, *(show(figure) for figure in figures)] for label, show in shown]
+
+
+def window_caption(since: datetime, until: datetime) -> str:
+    days = f"{(until - since).total_seconds() / 86400:.1f}".removesuffix(".0")
+    unit = "day" if days == "1" else "days"
+    return (
+        f"Deployments from {short_time(iso(since))} to {short_time(iso(until))} UTC ({days} {unit})"
+    )
+
+
+def echo_stats(
+    figures: Sequence[Record], output_format: str, *, since: datetime, until: datetime
+) -> None:
+    if output_format == "json":
+        import json
+
+        click.echo(json.dumps(list(figures), indent=2))
+        return
+    if output_format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(STATS_FIELDS)
+        for figure in figures:
+            writer.writerow([shown_value(figure[field]) for field in STATS_FIELDS])
+        return
+    click.echo(window_caption(since, until))
+    if not figures:
+        click.echo("No deployments recorded.")
+        return
+    headers, rows = stats_rows(figures)
+    click.echo()
+    click.echo(render_table(rows, headers, output_format))
+
+
+def short_time(stamp: str) -> str:
+    """`2026-04-15T12:34:56Z` as `2026-04-15 12:34`."""
+    return stamp[:16].replace("T", " ")
+
+
+def clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def status_label(record: Record) -> str:
+    status = str(record["status"]).replace("_", " ")
+    return f"rollback, {status}" if record["rollback_of"] else status
+
+
+def mermaid_text(value: str) -> str:
+    """Text that cannot break out of a quoted Mermaid label: every character
+    that could mean something to Mermaid, Markdown or HTML becomes an entity code."""
+    return "".join(
+        character if MERMAID_SAFE_CHARACTER.fullmatch(character) else f"#{ord(character)};"
+        for character in value
+    )
+
+
+def mermaid_node(node: str, record: Record, css_class: str) -> str:
+    label = "<br/>".join(
+        (
+            mermaid_text(clipped(record["branch"], 40)),
+            f"{record['commit_sha'][:SHORT_SHA_LENGTH]} {short_time(record['deployed_at'])}",
+            mermaid_text(status_label(record)),
+        )
+    )
+    # A rollback is drawn as a stadium, a change as a box.
+    opening, closing = ('(["', '"])') if record["rollback_of"] else ('["', '"]')
+    return f"{node}{opening}{label}{closing}:::{css_class}"
+
+
+def render_mermaid(
+    lanes: Sequence[tuple[str, list[Record], int]], earlier: dict[str, Record]
+) -> str:
+    """A Mermaid flowchart: a subgraph per environment holding its deployments
+    in order, coloured by status, and a dotted arrow from each rollback back to
+    the deployment it restored. `lanes` holds (environment, deployments oldest
+    first, how many older ones are left out); `earlier` the restored
+    deployments that are not shown."""
+    lines = ["flowchart LR"]
+    for status, (fill, stroke) in STATUS_COLOURS.items():
+        text = "#1f2328" if status == "deployed" else "#ffffff"
+        lines.append(f"  classDef {status} fill:{fill},stroke:{stroke},color:{text}")
+    lines.append(
+        "  classDef earlier fill:#ffffff,stroke:#8c959f,stroke-dasharray:4 3,color:#57606a"
+    )
+    if not lanes:
+        lines.append('  none["no deployments"]:::earlier')
+    link_count = 0
+    rollback_links = []
+    for number, (environment, records, left_out) in enumerate(lanes, start=1):
+        lane = f"lane{number}"
+        lines.append(f'  subgraph {lane}["{mermaid_text(environment)}"]')
+        lines.append("    direction LR")
+        chain = []
+        if left_out:
+            lines.append(f'    {lane}_more["{left_out} earlier"]:::earlier')
+            chain.append(f"{lane}_more")
+        elif not records:
+            lines.append(f'    {lane}_none["no deployments"]:::earlier')
+        nodes: dict[str, str] = {}
+        restored_earlier = {record["rollback_of"] for record in records} & earlier.keys()
+        for target_id in sorted(restored_earlier, key=lambda key: earlier[key]["deployed_at"]):
+            node = f"{lane}_earlier{len(nodes) + 1}"
+            nodes[target_id] = node
+            lines.append(f"    {mermaid_node(node, earlier[target_id], 'earlier')}")
+            chain.insert(len(nodes) - 1, node)
+        for index, record in enumerate(records, start=1):
+            node = f"{lane}_{index}"
+            nodes[record["id"]] = node
+            lines.append(f"    {mermaid_node(node, record, record['status'])}")
+            chain.append(node)
+        for before, after in zip(chain, chain[1:]):
+            # Earlier deployments shown only as rollback targets are not in sequence.
+            arrow = "~~~" if before.startswith(f"{lane}_earlier") else "-->"
+            lines.append(f"    {before} {arrow} {after}")
+            link_count += 1
+        for record in records:
+            if record["rollback_of"] in nodes:
+                restored = nodes[record["rollback_of"]]
+                lines.append(f"    {nodes[record['id']]} -. rollback .-> {restored}")
+                rollback_links.append(str(link_count))
+                link_count += 1
+        lines.append("  end")
+    if rollback_links:
+        lines.append(
+            f"  linkStyle {','.join(rollback_links)}"
+            f" stroke:{ROLLBACK_COLOUR},stroke-width:2px,color:{ROLLBACK_COLOUR}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown_summary(
+    figures: Sequence[Record], mermaid: str, *, since: datetime, until: datetime
+) -> str:
+    """The stats table and the Mermaid timeline as Markdown, for $GITHUB_STEP_SUMMARY."""
+    parts = [f"### {window_caption(since, until)}\n"]
+    if figures:
+        headers, rows = stats_rows(figures)
+        parts.append(render_table(rows, headers, "github") + "\n")
+    parts.append(f"```mermaid\n{mermaid}```\n")
+    return "\n".join(parts)
+
+
+def timeline_ticks(start: datetime, end: datetime) -> tuple[list[datetime], str]:
+    """Round times for the axis, at most about eight of them, and their label format."""
+    steps = [timedelta(hours=hours) for hours in (1, 3, 6, 12)]
+    steps += [timedelta(days=days) for days in (1, 2, 7, 14, 28, 91, 182, 364)]
+    span = end - start
+    step = next((step for step in steps if span / step <= 8), steps[-1])
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    tick = epoch + -((epoch - start) // step) * step
+    ticks = []
+    while tick <= end:
+        ticks.append(tick)
+        tick += step
+    return ticks, ("%m-%d %H:%M" if step < timedelta(days=1) else "%Y-%m-%d")
+
+
+def mark_title(record: Record) -> str:
+    lines = [
+        f"{record['id']} ({status_label(record)})",
+        f"branch {clipped(record['branch'], 80)}, commit {record['commit_sha'][:12]}",
+        f"deployed {short_time(record['deployed_at'])} by {clipped(record['actor'] or '?', 40)}",
+    ]
+    if record["verified_at"]:
+        checker = record["verified_by"]
+        lines.append(
+            f"checked {short_time(record['verified_at'])}"
+            + (f" by {clipped(checker, 40)}" if checker else "")
+        )
+    if record["rollback_of"]:
+        lines.append(f"restores {record['rollback_of']}")
+    return "\n".join(lines)
+
+
+def svg_legend(left: int) -> list[str]:
+    parts = []
+    x = left
+    for status in STATUS_COLOURS:
+        parts.append(
+            f'<circle class="{status}" cx="{x + 6}" cy="18" r="6"/>'
+            f'<text x="{x + 16}" y="22">{status.replace("_", " ")}</text>'
+        )
+        x += 30 + 7 * len(status)
+    parts.append(
+        f'<path class="verified" d="M{x + 6} 10l8 8l-8 8l-8-8z"/>'
+        f'<text x="{x + 18}" y="22">rollback</text>'
+    )
+    x += 90
+    parts.append(
+        f'<path class="restore" d="M{x + 40} 24C{x + 40} 6 {x + 8} 6 {x + 8} 16"/>'
+        f'<text x="{x + 50}" y="22">arrow to the deployment a rollback restored</text>'
+    )
+    return parts
+
+
+def stacked_positions(
+    records: Sequence[Record], x_of: Callable[[str], float], mid: int
+) -> dict[str, tuple[float, int]]:
+    """Each mark's (x, y): x by time; a mark that would overlap the one before
+    it in its row goes down a row (or to the row with the most room)."""
+    last_x = [float("-inf")] * TIMELINE_ROWS
+    positions = {}
+    for record in records:
+        x = x_of(record["deployed_at"])
+        row = next(
+            (row for row, previous in enumerate(last_x) if x - previous >= TIMELINE_MARK_GAP),
+            min(range(TIMELINE_ROWS), key=last_x.__getitem__),
+        )
+        last_x[row] = x
+        positions[record["id"]] = (x, mid + row * TIMELINE_ROW_HEIGHT)
+    return positions
+
+
+def svg_lane(
+    environment: str,
+    records: Sequence[Record],
+    earlier: dict[str, Record],
+    x_of: Callable[[str], float],
+    *,
+    top: int,
+    left: int,
+    right: int,
+    shaded: bool,
+) -> list[str]:
+    """One environment's lane: its marks, and the rollback arrows over them."""
+    import html
+
+    mid = top + 54
+    rollbacks = sum(1 for record in records if record["rollback_of"])
+    changes = len(records) - rollbacks
+    parts = [
+        f'<g class="lane" data-environment="{html.escape(environment)}">'
+        f'<rect x="0" y="{top}" width="{right}" height="{TIMELINE_LANE_HEIGHT}"'
+        f' fill="{"#f6f8fa" if shaded else "none"}" fill-opacity="0.7"/>'
+        f'<text class="lane" x="10" y="{mid - 2}">{html.escape(clipped(environment, 16))}</text>'
+        f'<text class="muted" x="10" y="{mid + 14}">{changes} changes, {rollbacks} rollbacks</text>'
+        f'<line class="baseline" x1="{left}" y1="{mid}" x2="{right}" y2="{mid}"/>'
+    ]
+    positions = stacked_positions(records, x_of, mid)
+    for record in records:
+        x, y = positions[record["id"]]
+        status = record["status"]
+        title = html.escape(mark_title(record))
+        if record["rollback_of"]:
+            parts.append(
+                f'<path class="mark {status}" d="M{x} {y - 8}l8 8l-8 8l-8-8z">'
+                f"<title>{title}</title></path>"
+            )
+        else:
+            parts.append(
+                f'<circle class="mark {status}" cx="{x}" cy="{y}" r="6">'
+                f"<title>{title}</title></circle>"
+            )
+    for record in records:
+        target_id = record["rollback_of"]
+        if not target_id:
+            continue
+        from_x, from_y = positions[record["id"]]
+        to_x, to_y = positions.get(target_id, (left, mid))
+        arc_y = min(from_y, to_y) - 9 - (14 + min(30.0, abs(from_x - to_x) / 8))
+        kind = "restore" if target_id in positions else "restore earlier"
+        target = earlier.get(target_id)
+        when = f", deployed {short_time(target['deployed_at'])}" if target else ""
+        title = html.escape(f"{record['id']} restored {target_id}{when}")
+        parts.append(
+            f'<path class="{kind}" d="M{from_x} {from_y - 9}C{from_x} {arc_y}'
+            f' {to_x} {arc_y} {to_x} {to_y - 9}"><title>{title}</title></path>'
+        )
+    parts.append("</g>")
+    return parts
+
+
+def html_stats_table(figures: Sequence[Record]) -> list[str]:
+    import html
+
+    headers, rows = stats_rows(figures)
+    parts = ['<table class="stats"><thead><tr>']
+    parts.extend(f"<th>{html.escape(header)}</th>" for header in headers)
+    parts.append("</tr></thead><tbody>")
+    for row in rows:
+        parts.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>")
+    parts.append("</tbody></table>")
+    return parts
+
+
+def render_timeline_html(
+    lanes: Sequence[tuple[str, list[Record]]],
+    earlier: dict[str, Record],
+    figures: Sequence[Record],
+    *,
+    since: datetime,
+    until: datetime,
+    total: int,
+) -> str:
+    """A self-contained page: the stats, then an SVG lane per environment with a
+    mark per deployment coloured by status, and an arrow from each rollback back
+    to the deployment it restored. No scripts, no external assets."""
+    import html
+
+    width, left, right = TIMELINE_WIDTH, TIMELINE_LABEL_WIDTH, TIMELINE_WIDTH - 24
+    shown = sum(len(records) for _, records in lanes)
+    start = since
+    if shown < total:
+        start = min(from_iso(record["deployed_at"]) for _, records in lanes for record in records)
+    span = max((until - start).total_seconds(), 1.0)
+
+    def x_of(stamp: str) -> float:
+        offset = (from_iso(stamp) - start).total_seconds() / span
+        return round(left + min(max(offset, 0.0), 1.0) * (right - left), 1)
+
+    legend_height = 44
+    lanes_bottom = legend_height + max(len(lanes), 1) * TIMELINE_LANE_HEIGHT
+    height = lanes_bottom + 30
+    style = TIMELINE_STYLE.replace("ROLLBACK", ROLLBACK_COLOUR) + "".join(
+        f".{status}{{fill:{fill};stroke:{stroke}}}"
+        for status, (fill, stroke) in STATUS_COLOURS.items()
+    )
+    count = f"{total} deployments" if shown == total else f"the newest {shown} of {total}"
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        # Defence in depth: nothing on this page may load or run anything.
+        '<meta http-equiv="Content-Security-Policy"'
+        " content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+        "<title>Deployment timeline</title>",
+        f"<style>{style}</style></head><body>",
+        "<h1>Deployment timeline</h1>",
+        f'<p class="window">{html.escape(window_caption(since, until))}: {count}.</p>',
+        *(html_stats_table(figures) if figures else []),
+        f'<div class="chart"><svg xmlns="http://www.w3.org/2000/svg" width="{width}"'
+        f' height="{height}" viewBox="0 0 {width} {height}" role="img"'
+        ' aria-label="Deployments per environment over time">'
+        '<defs><marker id="arrowhead" viewBox="0 0 10 10" refX="8" refY="5" markerWidth="7"'
+        f' markerHeight="7" orient="auto"><path d="M0 0L10 5L0 10z" fill="{ROLLBACK_COLOUR}"/>'
+        "</marker></defs>",
+        *svg_legend(left),
+    ]
+    # The grid first: lanes and marks are drawn over it.
+    ticks, tick_format = timeline_ticks(start, until)
+    for tick in ticks:
+        x = x_of(iso(tick))
+        out.append(
+            f'<line class="grid" x1="{x}" y1="{legend_height}" x2="{x}" y2="{lanes_bottom}"/>'
+            f'<text class="muted" x="{x}" y="{lanes_bottom + 18}" text-anchor="middle">'
+            f"{tick.strftime(tick_format)}</text>"
+        )
+    for number, (environment, records) in enumerate(lanes):
+        top = legend_height + number * TIMELINE_LANE_HEIGHT
+        out += svg_lane(
+            environment,
+            records,
+            earlier,
+            x_of,
+            top=top,
+            left=left,
+            right=right,
+            shaded=number % 2 == 0,
+        )
+    if not lanes:
+        out.append(
+            f'<text class="muted" x="{(left + right) // 2}" y="{legend_height + 46}"'
+            ' text-anchor="middle">No deployments recorded.</text>'
+        )
+    out += [
+        "</svg></div>",
+        '<p class="window">Hover over a mark for its id, branch, commit, who and when.'
+        f" Made by deployment-tracker {__version__}.</p>",
+        "</body></html>",
+    ]
+    return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------
@@ -1528,6 +2840,16 @@ def new_id_command(
 @click.option("--rollback-of", help="Id of the earlier deployment this rollback restores.")
 @click.option("--note", help="Free text.")
 @click.option("--committed-at", help="Commit time (ISO 8601), for lead time.")
+@click.option(
+    "--promoted-from",
+    metavar="ID",
+    help="Verified deployment (e.g. in staging) whose image this promotes; see `promote`.",
+)
+@click.option(
+    "--override-gate",
+    metavar="REASON",
+    help=f"Record despite the promotion gate (env {GATES_ENV_VAR}); kept as an event.",
+)
 @output_options()
 @click.pass_context
 def record_command(
@@ -1544,6 +2866,8 @@ def record_command(
     rollback_of: Optional[str],
     note: Optional[str],
     committed_at: Optional[str],
+    promoted_from: Optional[str],
+    override_gate: Optional[str],
     output_format: Optional[str],
     field: Optional[str],
     github_output: bool,
@@ -1553,7 +2877,13 @@ def record_command(
     Recording the same id again with the same fields succeeds without change,
     so a retried step is safe. With --rollback-of, this is a rollback: branch,
     commit and image default to the target's, and the deployment it replaces
-    is marked rolled_back.
+    is marked rolled_back. With --promoted-from, they default to the promoted
+    deployment's.
+
+    Promotion gate: production only receives an image that has a verified,
+    unblocked staging deployment (configure with DEPLOYMENT_TRACKER_GATES, e.g.
+    'staging:production,qa:staging', or 'none'). Rollbacks pass; anything else
+    is refused unless --override-gate gives a reason.
 
     \b
     Example:
@@ -1562,23 +2892,27 @@ def record_command(
             --id main_3f2c9e1_20260415123456 --actor octocat
     """
     path = github_output_path() if github_output else None
-    if deployment_id is not None:
-        parse_id(deployment_id)
+    given: dict[str, Any] = {
+        "environment": environment,
+        "branch": branch,
+        "commit_sha": commit_sha,
+        "image_tag": image_tag,
+        "deployment_id": deployment_id,
+        "status": status,
+        "actor": actor,
+        "run_id": run_id,
+        "run_url": run_url,
+        "rollback_of": rollback_of,
+        "note": note,
+        "committed_at": committed_at,
+        "promoted_from": promoted_from,
+        "override_gate": override_gate,
+    }
+    check_record_input(**given)
+    gates = promotion_gates(os.environ.get(GATES_ENV_VAR))
     db = open_db(ctx, write=True)
     record, created = record_deployment(
-        db,
-        environment=environment,
-        branch=branch,
-        commit_sha=commit_sha,
-        image_tag=image_tag,
-        deployment_id=deployment_id,
-        status=status,
-        actor=actor,
-        run_id=run_id,
-        run_url=run_url,
-        rollback_of=rollback_of,
-        note=note,
-        committed_at=committed_at,
+        db, **given, gates=gates, warn=lambda text: click.echo(text, err=True)
     )
     if not created:
         click.echo(f"already recorded: {record['id']}", err=True)
@@ -1612,7 +2946,7 @@ def verify_command(
         deployment-tracker verify --id main_3f2c9e1_20260415123456 --status verified --by octocat
     """
     path = github_output_path() if github_output else None
-    check_id(deployment_id)
+    check_verify_input(deployment_id, status, by=by, note=note)
     db = open_db(ctx, write=True)
     record, changed = verify_deployment(db, deployment_id, status, by=by, note=note)
     if not changed:
@@ -1728,7 +3062,7 @@ def get_command(
 @cli.command("rollback-target")
 @environment_option(required=True)
 @click.option("--id", "deployment_id", help="Roll back to this deployment.")
-@click.option("--force", is_flag=True, help="Accept an unverified --id target (warns).")
+@click.option("--force", is_flag=True, help="Accept an unverified or blocked --id target (warns).")
 @output_options()
 @click.pass_context
 def rollback_target_command(
@@ -1742,9 +3076,10 @@ def rollback_target_command(
 ) -> None:
     """Show the deployment to roll back to.
 
-    Without --id: the latest verified deployment whose image differs from the
-    one running now (the newest deployment in the environment). With --id:
-    that deployment, which must be in the environment and verified.
+    Without --id: the latest verified, unblocked deployment whose image
+    differs from the one running now (the newest deployment in the
+    environment). With --id: that deployment, which must be in the environment,
+    verified and not blocked (--force accepts it anyway, with a warning).
 
     \b
     Example:
@@ -1759,6 +3094,254 @@ def rollback_target_command(
         db, environment, deployment_id, force=force, warn=lambda text: click.echo(text, err=True)
     )
     emit_one(target, output_format, field, path)
+
+
+@cli.command("block")
+@click.option("--id", "deployment_id", required=True, help="Deployment id.")
+@click.option("--reason", required=True, help="Why it must not be used (kept as an event).")
+@click.option("--by", help="Who blocks it.")
+@output_options()
+@click.pass_context
+def block_command(
+    ctx: click.Context,
+    deployment_id: str,
+    reason: str,
+    by: Optional[str],
+    output_format: Optional[str],
+    field: Optional[str],
+    github_output: bool,
+) -> None:
+    """Block a deployment: rollback-target and promote never pick it.
+
+    The block shows in list and get, and is kept as a 'blocked' event with its
+    reason. Blocking a blocked deployment succeeds and changes nothing.
+
+    \b
+    Example:
+        deployment-tracker block --id main_3f2c9e1_20260415123456 \\
+            --reason "corrupts uploads (#123)" --by octocat
+    """
+    path = github_output_path() if github_output else None
+    check_id(deployment_id)
+    check_text("reason", reason)
+    if by is not None:
+        check_text("by", by)
+    db = open_db(ctx, write=True)
+    record, changed = block_deployment(db, deployment_id, reason=reason, by=by)
+    if not changed:
+        click.echo(f"already blocked: {deployment_id} ({record['blocked_reason']})", err=True)
+    emit_one(record, output_format, field, path, default_field="id")
+
+
+@cli.command("unblock")
+@click.option("--id", "deployment_id", required=True, help="Deployment id.")
+@click.option("--reason", help="Why it may be used again (kept as an event).")
+@click.option("--by", help="Who unblocks it.")
+@output_options()
+@click.pass_context
+def unblock_command(
+    ctx: click.Context,
+    deployment_id: str,
+    reason: Optional[str],
+    by: Optional[str],
+    output_format: Optional[str],
+    field: Optional[str],
+    github_output: bool,
+) -> None:
+    """Lift a block, recorded as an 'unblocked' event.
+
+    Unblocking a deployment that is not blocked succeeds and changes nothing.
+
+    \b
+    Example:
+        deployment-tracker unblock --id main_3f2c9e1_20260415123456 --by octocat
+    """
+    path = github_output_path() if github_output else None
+    check_id(deployment_id)
+    if reason is not None:
+        check_text("reason", reason)
+    if by is not None:
+        check_text("by", by)
+    db = open_db(ctx, write=True)
+    record, changed = unblock_deployment(db, deployment_id, by=by, reason=reason)
+    if not changed:
+        click.echo(f"not blocked: {deployment_id}", err=True)
+    emit_one(record, output_format, field, path, default_field="id")
+
+
+@cli.command("promote")
+@click.option(
+    "--from", "source", default="staging", show_default=True, help="Environment to promote from."
+)
+@click.option(
+    "--to", "target", default="production", show_default=True, help="Environment to promote to."
+)
+@click.option("--id", "deployment_id", help="Promote this deployment, not the latest verified.")
+@output_options()
+@click.pass_context
+def promote_command(
+    ctx: click.Context,
+    source: str,
+    target: str,
+    deployment_id: Optional[str],
+    output_format: Optional[str],
+    field: Optional[str],
+    github_output: bool,
+) -> None:
+    """Show the deployment to promote; its image goes on without a rebuild.
+
+    Without --id: the latest verified, unblocked deployment in --from. With
+    --id: that deployment, which must be in --from, verified and unblocked.
+    Refused when --to already runs its image. Only reads: deploy its
+    image_tag, then record the promotion with `record --promoted-from ID`.
+
+    \b
+    Example:
+        deployment-tracker promote --from staging --to production --field image_tag
+        deployment-tracker record --environment production \\
+            --promoted-from main_3f2c9e1_20260415123456
+    """
+    path = github_output_path() if github_output else None
+    check_environment(source)
+    check_environment(target)
+    if deployment_id is not None:
+        check_id(deployment_id)
+    db = open_db(ctx)
+    emit_one(promotion_candidate(db, source, target, deployment_id), output_format, field, path)
+
+
+@cli.command("prune")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    required=True,
+    help="How many of the newest deployments stay in each environment.",
+)
+@environment_option(required=False)
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; change nothing.")
+@click.option("--by", help="Who prunes (kept in the prune log).")
+@output_options(github_output=False)
+@click.pass_context
+def prune_command(
+    ctx: click.Context,
+    keep: int,
+    environment: Optional[str],
+    dry_run: bool,
+    by: Optional[str],
+    output_format: Optional[str],
+    field: Optional[str],
+) -> None:
+    """Delete the oldest deployments beyond --keep per environment.
+
+    Never removes the running deployment, the latest verified one, the current
+    rollback target, a blocked one, or anything a remaining deployment links
+    to (rollback_of, promoted_from). Their events go too. Prints what was
+    removed, newest first; one transaction, logged in the database.
+
+    \b
+    Example:
+        deployment-tracker prune --keep 50 --dry-run
+        deployment-tracker prune --keep 50 --environment staging --by octocat
+    """
+    if environment is not None:
+        check_environment(environment)
+    if by is not None:
+        check_text("by", by)
+    db = open_db(ctx, write=not dry_run)
+    removed, removed_events = prune(db, keep, environment, by=by, dry_run=dry_run)
+    click.echo(
+        f"{'would remove' if dry_run else 'removed'} {len(removed)} deployment(s)"
+        f" and {removed_events} event(s)",
+        err=True,
+    )
+    if field:
+        echo_field(removed, field)
+    else:
+        echo_records(removed, output_format or "table", columns=TABLE_COLUMNS)
+
+
+@cli.command("notify")
+@click.option("--event", type=click.Choice(NOTIFY_EVENTS), required=True, help="What happened.")
+@click.option("--id", "deployment_id", required=True, help="The deployment it happened to.")
+@click.option("--message", help="An extra line, e.g. what the check answered.")
+@click.option(
+    "--webhook-url-env",
+    default=WEBHOOK_ENV_VAR,
+    show_default=True,
+    metavar="NAME",
+    help="Environment variable holding the webhook URL.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1, max=300),
+    default=NOTIFY_TIMEOUT_SECONDS,
+    show_default=True,
+    help="Seconds to wait for each attempt.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0, max=10),
+    default=NOTIFY_RETRIES,
+    show_default=True,
+    help="Further attempts after a timeout, network error, 429 or 5xx.",
+)
+@click.option(
+    "--retry-delay",
+    type=click.FloatRange(min=0, max=60),
+    default=NOTIFY_RETRY_DELAY_SECONDS,
+    show_default=True,
+    help="Seconds before the first retry; doubles each time.",
+)
+@click.pass_context
+def notify_command(
+    ctx: click.Context,
+    event: str,
+    deployment_id: str,
+    message: Optional[str],
+    webhook_url_env: str,
+    timeout: float,
+    retries: int,
+    retry_delay: float,
+) -> None:
+    """Post a Slack-compatible webhook message about a deployment.
+
+    The URL comes from an environment variable (a CI secret); when it is unset
+    this does nothing. A notification that cannot be delivered prints a
+    warning and still exits 0: it never fails the deployment.
+
+    \b
+    Example:
+        DEPLOYMENT_TRACKER_WEBHOOK_URL=https://hooks.slack.com/services/... \\
+            deployment-tracker notify --event verification-failed \\
+            --id main_3f2c9e1_20260415123456 --message "GET /health answered 500"
+    """
+    check_id(deployment_id)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", webhook_url_env):
+        raise InvalidInput(
+            f"--webhook-url-env must be a variable name: {describe(webhook_url_env)}"
+        )
+    if message is not None:
+        check_text("note", message, multiline=True)
+    url = os.environ.get(webhook_url_env, "").strip()
+    if not url:
+        click.echo(f"note: {webhook_url_env} is not set; no notification sent", err=True)
+        return
+    record: Optional[Record] = None
+    try:
+        record = get_deployment(open_db(ctx), deployment_id)
+    except TrackerError as error:
+        click.echo(f"note: sending without deployment details: {error}", err=True)
+    payload = {"text": notification_text(event, deployment_id, record, message)}
+    delivered = send_webhook(
+        url,
+        payload,
+        timeout=timeout,
+        retries=retries,
+        retry_delay=retry_delay,
+        say=lambda text: click.echo(text, err=True),
+    )
+    if delivered:
+        click.echo(f"notified: {event} {deployment_id}", err=True)
 
 
 @cli.command(
@@ -1841,6 +3424,137 @@ def with_history_command(
         say=lambda text: click.echo(text, err=True),
     )
     ctx.exit(exit_code)
+
+
+def since_option() -> Callable[[F], F]:
+    return click.option(
+        "--since",
+        default=DEFAULT_SINCE,
+        show_default=True,
+        metavar="SPAN|DATE",
+        help="Window start: a span back from now (12h, 30d, 2w) or an ISO 8601 date/time (UTC).",
+    )
+
+
+@cli.command("stats")
+@environment_option(required=False)
+@since_option()
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(OUTPUT_FORMATS),
+    default="table",
+    metavar="FORMAT",
+    help="table (default), json, csv, or a tabulate format such as github.",
+)
+@click.pass_context
+def stats_command(
+    ctx: click.Context, environment: Optional[str], since: str, output_format: str
+) -> None:
+    """DORA figures per environment over the deployments made in a window.
+
+    \b
+    Counted over the deployments made in the window; a change is a deployment
+    that is not a rollback (no --rollback-of):
+    deployment frequency   changes deployed: the count, per day and per week
+    change failure rate    changes that failed (verification or deploy) or
+                           were rolled back, over all changes
+    time to restore        per failed change: from its deployment to the next
+                           verified deployment in its environment (rollback
+                           or fix-forward); median, worst, and how many
+                           failures have no verified deployment after them yet
+    lead time for changes  median time from commit (record --committed-at) to
+                           verification, over verified changes with a commit
+                           time (n)
+    Definitions follow DORA's four keys. A figure with nothing to measure
+    shows '-' (null in JSON, where durations are whole seconds).
+
+    \b
+    Example:
+        deployment-tracker stats --environment production --since 30d
+        deployment-tracker stats --since 2026-01-01 --format json
+    """
+    now = utc_now()
+    start = parse_since(since, now)
+    if environment is not None:
+        check_environment(environment)
+    db = open_db(ctx)
+    figures = deployment_stats(db, since=start, environment=environment, now=now)
+    echo_stats(figures, output_format, since=start, until=now)
+
+
+def timeline_text(
+    db: sqlite3.Connection,
+    output_format: str,
+    *,
+    since: datetime,
+    environment: Optional[str],
+    now: datetime,
+) -> str:
+    """What `timeline` prints for the window from `since` to `now`."""
+    names = [environment] if environment else deployment_environments(db)
+    if output_format == "html":
+        records, total = timeline_deployments(db, since=since, environment=environment, now=now)
+        lanes = [(name, [one for one in records if one["environment"] == name]) for name in names]
+        return render_timeline_html(
+            lanes,
+            rollback_targets_outside(db, records),
+            deployment_stats(db, since=since, environment=environment, now=now),
+            since=since,
+            until=now,
+            total=total,
+        )
+    mermaid_lanes = []
+    earlier: dict[str, Record] = {}
+    for name in names:
+        records, total = timeline_deployments(
+            db, since=since, environment=name, now=now, limit=MERMAID_MAX_PER_ENVIRONMENT
+        )
+        mermaid_lanes.append((name, records, total - len(records)))
+        earlier.update(rollback_targets_outside(db, records))
+    mermaid = render_mermaid(mermaid_lanes, earlier)
+    if output_format == "mermaid":
+        return mermaid
+    figures = deployment_stats(db, since=since, environment=environment, now=now)
+    return render_markdown_summary(figures, mermaid, since=since, until=now)
+
+
+@cli.command("timeline")
+@environment_option(required=False)
+@since_option()
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(TIMELINE_FORMATS),
+    default="mermaid",
+    show_default=True,
+    help="mermaid (a flowchart), markdown (stats and the Mermaid block, for"
+    " $GITHUB_STEP_SUMMARY) or html (a self-contained page).",
+)
+@click.pass_context
+def timeline_command(
+    ctx: click.Context, environment: Optional[str], since: str, output_format: str
+) -> None:
+    """Draw the deployments in a window: a lane per environment, a mark per
+    deployment coloured by status, an arrow from each rollback back to what it
+    restored.
+
+    Mermaid shows the newest 20 deployments per environment; the HTML page (an
+    inline SVG with hover text, and the stats above it; no scripts, no external
+    assets) the newest 1500 in all.
+
+    \b
+    Example:
+        deployment-tracker timeline --since 14d --format markdown >> "$GITHUB_STEP_SUMMARY"
+        deployment-tracker timeline --since 90d --format html > timeline.html
+    """
+    now = utc_now()
+    start = parse_since(since, now)
+    if environment is not None:
+        check_environment(environment)
+    db = open_db(ctx)
+    text = timeline_text(db, output_format, since=start, environment=environment, now=now)
+    click.echo(text, nl=False)
 
 
 def main() -> None:
