@@ -27,11 +27,24 @@ NOBODY = 65534
 CRASH_BASE_TIME = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 # Run as a non-root user from a root process: import everything first (the
-# interpreter may live in a folder only root can read), then drop privileges.
+# interpreter may live in a folder only root can read), including what the
+# tracker imports lazily inside functions, then drop privileges.
 NOBODY_BOOTSTRAP = f"""
-import csv, difflib, hashlib, json, os, secrets, shlex, sys
+import ast, difflib, importlib, inspect, os, sys
 import click, tabulate
 import deployment_tracker
+for node in ast.walk(ast.parse(inspect.getsource(deployment_tracker))):
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module:
+        names = [node.module]
+    else:
+        continue
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
 os.setgroups([])
 os.setgid({NOBODY})
 os.setuid({NOBODY})
