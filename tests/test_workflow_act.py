@@ -125,13 +125,10 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def runner_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An interpreter for the workflow's steps (what setup-python would provide), made once.
-
-    It has the tracker's dependencies and a build backend, so the workflow's own
-    `pip install .` step runs offline and quickly.
-    """
-    location = tmp_path_factory.mktemp("runner-python") / "venv"
+def runner_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packages a runner's Python needs, installed once: the tracker's dependencies
+    and a build backend, so the workflow's own `pip install .` runs offline and quickly."""
+    location = tmp_path_factory.mktemp("runner-packages") / "venv"
     venv.create(location, with_pip=True)
     python = location / "bin" / "python"
     subprocess.run(
@@ -148,6 +145,33 @@ def runner_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ],
         check=True,
     )
+    found = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(found.stdout.strip())
+
+
+def runner_python(location: Path, packages: Path) -> Path:
+    """A Python of its own for one runner (what setup-python provides), seeing `packages`.
+
+    Each run installs the tracker into its own environment, so runs at the same time
+    never replace each other's installation.
+    """
+    venv.create(location, with_pip=False)
+    found = subprocess.run(
+        [
+            str(location / "bin" / "python"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (Path(found.stdout.strip()) / "runner-packages.pth").write_text(f"{packages}\n")
     return location / "bin"
 
 
@@ -160,7 +184,7 @@ class RunResult:
 class World:
     """A project repository using the workflow, its history remote, fakes and the service."""
 
-    def __init__(self, base: Path, runner_python: Path, remote: Path, name: str = "app") -> None:
+    def __init__(self, base: Path, packages: Path, remote: Path, name: str = "app") -> None:
         self.base = base
         self.remote = remote
         self.repo = base / name
@@ -171,7 +195,7 @@ class World:
         self.home.mkdir()
         self.artifacts.mkdir()
         self.service = Service()
-        self.runner_python = runner_python
+        self.runner_python = runner_python(base / f"{name}-python", packages)
         self.repo.mkdir()
         git("init", "--quiet", "--initial-branch", "main", cwd=self.repo)
         for name_ in PROJECT_FILES:
@@ -322,14 +346,20 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, runner_python: Path) -> Iterator[World]:
-    made = World(tmp_path, runner_python, bare_remote(tmp_path / "remote.git"))
+def world(tmp_path: Path, runner_packages: Path) -> Iterator[World]:
+    made = World(tmp_path, runner_packages, bare_remote(tmp_path / "remote.git"))
     yield made
     made.service.close()
 
 
 def failure_report(result: RunResult) -> str:
-    return result.output[-6000:]
+    """The failures and errors of a run, then its end."""
+    problems = [
+        line
+        for line in result.output.splitlines()
+        if "❌" in line or "Error" in line or "error" in line or "history:" in line
+    ]
+    return "\n".join([*problems[:60], "...", result.output[-4000:]])
 
 
 # --------------------------------------------------------------------------
@@ -488,18 +518,24 @@ def test_production_promotes_the_image_verified_in_staging(world: World) -> None
     assert world.images_set() == [f"app=ghcr.io/acme/webapp:{staged}"]
 
 
-def test_two_runs_recording_at_the_same_time_both_land(tmp_path: Path, runner_python: Path) -> None:
+def test_two_runs_recording_at_the_same_time_both_land(
+    tmp_path: Path, runner_packages: Path
+) -> None:
     """Fakes: docker, kubectl; two clones push at once, each with its own service."""
     remote = bare_remote(tmp_path / "remote.git")
-    first = World(tmp_path, runner_python, remote, name="first")
-    second = World(tmp_path, runner_python, remote, name="second")
+    first = World(tmp_path, runner_packages, remote, name="first")
+    second = World(tmp_path, runner_packages, remote, name="second")
     try:
         sha_a = first.commit("feature a", branch="feature/a")
         sha_b = second.commit("feature b", branch="feature/b")
         processes = [first.start("push"), second.start("push")]
         outputs = [process.communicate(timeout=600)[0] for process in processes]
-        for process, output in zip(processes, outputs):
-            assert process.returncode == 0, output[-6000:]
+        results = [
+            RunResult(process.returncode, output) for process, output in zip(processes, outputs)
+        ]
+        for number, result in enumerate(results):
+            (tmp_path / f"act-run-{number}.log").write_text(result.output)
+            assert result.returncode == 0, failure_report(result)
         records = first.records()
         assert {(r["commit_sha"], r["status"]) for r in records.values()} == {
             (sha_a, "verified"),
