@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ def record(cli: Callable[..., Result], *extra: str, deployment_id: str = DEPLOYM
 
 
 def row_count(db_path: Path) -> int:
-    with sqlite3.connect(db_path) as db:
+    with closing(sqlite3.connect(db_path)) as db:
         return int(db.execute("SELECT count(*) FROM deployments").fetchone()[0])
 
 
@@ -98,8 +99,7 @@ def test_refused_transitions_are_one(cli: Callable[..., Result], cli_json: Any) 
     assert [e["status"] for e in events] == ["deployed", "failed"]
 
 
-def test_corrupt_newer_and_foreign_databases_are_one(tmp_path: Path) -> None:
-    runner = CliRunner()
+def test_corrupt_newer_and_foreign_databases_are_one(tmp_path: Path, runner: CliRunner) -> None:
     not_a_db = tmp_path / "notes.db"
     not_a_db.write_text("this is not a database\n" * 100)
     newer = tmp_path / "newer.db"
@@ -109,11 +109,12 @@ def test_corrupt_newer_and_foreign_databases_are_one(tmp_path: Path) -> None:
         ).exit_code
         == 0
     )
-    with sqlite3.connect(newer) as db:
+    with closing(sqlite3.connect(newer)) as db:
         db.execute(f"PRAGMA user_version = {len(dt.MIGRATIONS) + 1}")
     foreign = tmp_path / "foreign.db"
-    with sqlite3.connect(foreign) as db:
+    with closing(sqlite3.connect(foreign)) as db:
         db.execute("CREATE TABLE something (x)")
+        db.commit()
     for path, message in (
         (not_a_db, "is not a readable deployment database"),
         (newer, "newer than this tool knows"),
@@ -362,8 +363,9 @@ def test_module_and_console_script_run(tmp_path: Path) -> None:
     assert (by_script.returncode, by_script.stdout) == (0, DEPLOYMENT + "\n")
 
 
-def test_reading_never_creates_a_database_in_a_new_folder(tmp_path: Path) -> None:
-    runner = CliRunner()
+def test_reading_never_creates_a_database_in_a_new_folder(
+    tmp_path: Path, runner: CliRunner
+) -> None:
     missing = tmp_path / "nowhere" / "d.db"
     assert runner.invoke(dt.cli, ["--db", str(missing), "list"]).exit_code == 1
     assert not missing.parent.exists()

@@ -260,11 +260,11 @@ def test_rollback_target_refuses_what_cannot_be_restored(cli: Callable[..., Resu
     assert result.exit_code == 1
     assert "running" in result.stderr
     ok(cli("record", "-e", "staging", "-b", "main", "-c", SHA_3, "--id", BROKEN_STAGING))
-    ok(cli("record", "-e", "production", "-b", "branch_1", "-c", SHA_2, "--id", BRANCH_STAGING))
+    ok(cli("record", "-e", "qa", "-b", "branch_1", "-c", SHA_2, "--id", BRANCH_STAGING))
     # An id from another environment is refused.
-    result = cli("rollback-target", "-e", "production", "--id", MAIN_STAGING)
+    result = cli("rollback-target", "-e", "qa", "--id", MAIN_STAGING)
     assert result.exit_code == 1
-    assert "is in staging, not production" in result.stderr
+    assert "is in staging, not qa" in result.stderr
     # An unverified id is refused unless forced, and forcing warns.
     ok(
         cli(
