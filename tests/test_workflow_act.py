@@ -10,6 +10,7 @@ are real.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -126,32 +127,19 @@ class Service:
 
 @pytest.fixture(scope="session")
 def runner_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The packages a runner's Python needs, installed once: the tracker's dependencies
-    and a build backend, so the workflow's own `pip install .` runs offline and quickly."""
-    location = tmp_path_factory.mktemp("runner-packages") / "venv"
-    venv.create(location, with_pip=True)
-    python = location / "bin" / "python"
-    subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "click>=8.1",
-            "tabulate>=0.9",
-            "setuptools>=77",
-        ],
-        check=True,
-    )
-    found = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return Path(found.stdout.strip())
+    """The packages a runner's Python needs, copied from this test environment (no
+    network): pip, the tracker's dependencies and a build backend, so the workflow's own
+    `pip install .` runs offline and quickly."""
+    location = tmp_path_factory.mktemp("runner-packages")
+    for name in ("pip", "click", "tabulate", "setuptools"):
+        distribution = importlib.metadata.distribution(name)
+        for file in distribution.files or ():
+            source = Path(str(distribution.locate_file(file)))
+            if source.is_file() and ".." not in file.parts:
+                target = location / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+    return location
 
 
 def runner_python(location: Path, packages: Path) -> Path:
