@@ -2189,14 +2189,14 @@ def github_output_path() -> str:
 
 def write_github_output(path: str, values: Record) -> None:
     """Append values as `name<<DELIMITER` blocks, which no value can break out of."""
-    import secrets
-
     lines = []
     for name, value in values.items():
         text = shown_value(value)
-        delimiter = f"ghadelimiter_{secrets.token_hex(16)}"
+        # os.urandom is what secrets.token_hex reads; importing secrets costs
+        # more start-up time than the whole tracker.
+        delimiter = f"ghadelimiter_{os.urandom(16).hex()}"
         while delimiter in text:
-            delimiter = f"ghadelimiter_{secrets.token_hex(16)}"
+            delimiter = f"ghadelimiter_{os.urandom(16).hex()}"
         lines.append(f"{name}<<{delimiter}\n{text}\n{delimiter}\n")
     try:
         with open(path, "a", encoding="utf-8") as output:

@@ -354,7 +354,8 @@ def reading_cases(launcher: Launcher, db: Path, ids: Subjects, github_output: Pa
     outputs: dict[str, tuple[str, tuple[str, ...]]] = {
         "--format json": ("machine", ("--format", "json")),
         "--field": ("machine", ("--field", "image_tag")),
-        "--github-output": ("table", ("--github-output",)),
+        # Also prints the default table, which needs no tabulate: judged as machine output.
+        "--github-output": ("machine", ("--github-output",)),
         "table": ("table", ()),
     }
     cases = []
@@ -566,7 +567,7 @@ def report(results: Results) -> str:
 
 
 def startup_cases(launcher: Launcher) -> list[Case]:
-    new_id = ("new-id", "-b", "feature/login", "-c", "3f2c9e1d")
+    new_id = ("new-id", "--branch", "feature/login", "--commit", "3f2c9e1d")
     return [
         Case("`--help`", "start-up", lambda _: launcher.tool("--help")),
         Case("`new-id`", "start-up", lambda _: launcher.tool(*new_id)),
