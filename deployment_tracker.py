@@ -2127,33 +2127,9 @@ def echo_records(
 
 def render_table(rows: list[list[str]], headers: list[str], output_format: str) -> str:
     table_format = "simple" if output_format == "table" else output_format
-    if table_format == "simple" and all(
-        cell.isascii() and cell.isprintable() for row in (headers, *rows) for cell in row
-    ):
-        return render_simple_table(rows, headers)
     from tabulate import tabulate
 
     return tabulate(rows, headers=headers, tablefmt=table_format, disable_numparse=True)
-
-
-def render_simple_table(rows: list[list[str]], headers: list[str]) -> str:
-    """tabulate's "simple" table, byte for byte, for printable ASCII cells.
-
-    Importing tabulate takes longer than importing click (it reads package
-    metadata), so the default table is drawn here and the rest left to tabulate.
-    """
-    stripped = [[cell.strip() for cell in row] for row in rows]
-    widths = [
-        max([len(header) + 2, *(len(row[column]) for row in stripped)])
-        for column, header in enumerate(headers)
-    ]
-
-    def line(cells: Iterable[str]) -> str:
-        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
-
-    return "\n".join(
-        [line(headers), line("-" * width for width in widths), *(line(row) for row in stripped)]
-    )
 
 
 def echo_details(record: Record, history: Optional[list[Record]], output_format: str) -> None:
@@ -2762,9 +2738,14 @@ def emit_one(
     *,
     default_field: Optional[str] = None,
 ) -> None:
-    """Print one record the way the caller asked, and fill $GITHUB_OUTPUT."""
+    """Print one record the way the caller asked, and fill $GITHUB_OUTPUT.
+
+    With --github-output the step's log gets the id unless a format is asked
+    for: the fields are in the file, and a workflow step pays no table import.
+    """
     if github_output:
         write_github_output(github_output, record)
+        default_field = default_field or "id"
     chosen = field or (default_field if output_format is None else None)
     if chosen:
         echo_field([record], chosen)
@@ -3053,8 +3034,8 @@ def get_command(
     record = get_deployment(db, deployment_id)
     if path:
         write_github_output(path, record)
-    if field:
-        echo_field([record], field)
+    if field or (path and output_format is None):
+        echo_field([record], field or "id")
     else:
         echo_details(record, events(db, deployment_id), output_format or "table")
 

@@ -298,12 +298,29 @@ def test_github_output_cannot_be_injected(cli: Callable[..., Result], tmp_path: 
         env={"GITHUB_OUTPUT": str(output)},
     )
     assert result.exit_code == 0, result.output
+    assert result.stdout == DEPLOYMENT + "\n"  # the log gets the id; the fields go to the file
     parsed = parse_github_output(output.read_text())
     assert parsed["earlier"] == "1"
     assert parsed["note"] == hostile
     assert parsed["image_tag"] == DEPLOYMENT
     assert parsed["status"] == "deployed"
     assert parsed["rollback_of"] == ""
+
+
+def test_github_output_on_reading_commands(cli: Callable[..., Result], tmp_path: Path) -> None:
+    record(cli, "--actor", "alice")
+    output = tmp_path / "github_output"
+    env = {"GITHUB_OUTPUT": str(output)}
+    for args in (["latest", "-e", "staging", "--status", "any"], ["get", "--id", DEPLOYMENT]):
+        output.write_text("")
+        result = cli(*args, "--github-output", env=env)
+        assert (result.exit_code, result.stdout) == (0, DEPLOYMENT + "\n")
+        parsed = parse_github_output(output.read_text())
+        assert parsed["actor"] == "alice" and parsed["commit_sha"] == SHA
+        assert set(dt.FIELDS) <= set(parsed)
+    # Asking for a format still prints it (get keeps its events).
+    result = cli("get", "--id", DEPLOYMENT, "--github-output", "--format", "json", env=env)
+    assert json.loads(result.stdout)["events"][0]["by"] == "alice"
 
 
 def parse_github_output(text: str) -> dict[str, str]:
