@@ -16,22 +16,11 @@ SHA_MAIN = "a" * 40
 SHA_BRANCH = "b" * 40
 
 
-# Modules written before the promotion gate (issue 7) record production deployments
-# directly; they run with the gate off until their owners adapt them. Every other test
-# gets the real default (staging -> production), whatever the caller's environment says.
-PRE_GATE_MODULES = {
-    "test_history",
-    "test_reliability_faults",
-    "test_reliability_load",
-}
-
-
 @pytest.fixture(autouse=True)
-def promotion_gate_default(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    if request.module.__name__.rpartition(".")[2] in PRE_GATE_MODULES:
-        monkeypatch.setenv(dt.GATES_ENV_VAR, dt.NO_GATES)
-    else:
-        monkeypatch.delenv(dt.GATES_ENV_VAR, raising=False)
+def promotion_gate_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets the real default gates (staging -> production), whatever the caller's
+    environment says."""
+    monkeypatch.delenv(dt.GATES_ENV_VAR, raising=False)
 
 
 @pytest.fixture

@@ -240,7 +240,7 @@ def test_remote_and_branch_come_from_the_environment(tmp_path: Path, remote: Pat
         "--",
         "record",
         "--environment",
-        "production",
+        "qa",
         "--branch",
         "main",
         "--commit",
@@ -326,7 +326,7 @@ def test_a_lost_race_is_redone_on_the_fresh_copy_and_only_its_output_is_kept(
                 "--",
                 "record",
                 "--environment",
-                "production",
+                "qa",
                 "--branch",
                 "main",
                 "--commit",
@@ -380,7 +380,7 @@ import subprocess, sys
 tracker, clone, writer, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 for index in range(count):
     sha = f"{writer:02d}{index:02d}" + "c" * 36
-    environment = ("staging", "production")[writer % 2]
+    environment = ("staging", "qa")[writer % 2]
     result = subprocess.run(
         [sys.executable, tracker, "with-history", "--attempts", "60", "--backoff", "0.2", "--",
          "record", "--environment", environment, "--branch", f"writer-{writer}",
