@@ -330,6 +330,40 @@ SELECT_LEAD_SECONDS = """
         AND status IN ('verified', 'rolled_back')
 """
 
+# History on a git branch (with-history).
+HISTORY_REMOTE = "origin"
+HISTORY_BRANCH = "deployment-history"
+HISTORY_FILE = "deployments.db"
+HISTORY_ATTEMPTS = 10
+HISTORY_BACKOFF_SECONDS = 0.5
+HISTORY_MAX_BACKOFF_SECONDS = 8.0
+HISTORY_REMOTE_ENV = "DEPLOYMENT_HISTORY_REMOTE"
+HISTORY_BRANCH_ENV = "DEPLOYMENT_HISTORY_BRANCH"
+# A token for https remotes, sent as an http.extraheader through git's
+# GIT_CONFIG_* environment: never written to .git/config nor put on a command line.
+HISTORY_TOKEN_ENV = "DEPLOYMENT_HISTORY_TOKEN"  # noqa: S105 (a variable name, not a secret)
+# Commands that only read: they never push, and need the branch to exist.
+HISTORY_READ_COMMANDS = frozenset(
+    {"list", "latest", "get", "rollback-target", "promote", "stats", "timeline"}
+)
+HISTORY_FALLBACK_IDENTITY = {
+    "GIT_AUTHOR_NAME": "deployment-tracker",
+    "GIT_AUTHOR_EMAIL": "deployment-tracker@users.noreply.github.com",
+    "GIT_COMMITTER_NAME": "deployment-tracker",
+    "GIT_COMMITTER_EMAIL": "deployment-tracker@users.noreply.github.com",
+}
+HISTORY_README = f"""\
+# Deployment history
+
+This branch holds `{HISTORY_FILE}`, the SQLite database of every deployment,
+written only by `deployment-tracker with-history`. Each commit is one change.
+Read it with:
+
+    git fetch origin {HISTORY_BRANCH}
+    git show origin/{HISTORY_BRANCH}:{HISTORY_FILE} > deployments.db
+    deployment-tracker --db deployments.db list --all
+"""
+
 # --------------------------------------------------------------------------
 # Exceptions
 # --------------------------------------------------------------------------
@@ -357,6 +391,10 @@ class InvalidInput(TrackerError):
     """A value given by the caller is not acceptable."""
 
     exit_code = 2
+
+
+class GitFailure(Exception):
+    """A git command failed; worth another attempt after a backoff."""
 
 
 # --------------------------------------------------------------------------
@@ -1700,7 +1738,7 @@ def rollback_targets_outside(
 
 
 # --------------------------------------------------------------------------
-# History on a git branch (with-history)
+# Data layer: the history on a git branch (with-history)
 # --------------------------------------------------------------------------
 # CI runners are ephemeral, and runs from any branch and for any environment
 # may write at the same moment. The shared history is therefore the database
@@ -1711,43 +1749,6 @@ def rollback_targets_outside(
 # is never forced), and the whole operation is redone on the newer tip after a
 # randomised exponential backoff. Only git plumbing is used: the work tree, the
 # index and HEAD of the local repository are never touched.
-
-HISTORY_REMOTE = "origin"
-HISTORY_BRANCH = "deployment-history"
-HISTORY_FILE = "deployments.db"
-HISTORY_ATTEMPTS = 10
-HISTORY_BACKOFF_SECONDS = 0.5
-HISTORY_MAX_BACKOFF_SECONDS = 8.0
-HISTORY_REMOTE_ENV = "DEPLOYMENT_HISTORY_REMOTE"
-HISTORY_BRANCH_ENV = "DEPLOYMENT_HISTORY_BRANCH"
-# A token for https remotes, sent as an http.extraheader through git's
-# GIT_CONFIG_* environment: never written to .git/config nor put on a command line.
-HISTORY_TOKEN_ENV = "DEPLOYMENT_HISTORY_TOKEN"  # noqa: S105 (a variable name, not a secret)
-# Commands that only read: they never push, and need the branch to exist.
-HISTORY_READ_COMMANDS = frozenset(
-    {"list", "latest", "get", "rollback-target", "promote", "stats", "timeline"}
-)
-HISTORY_FALLBACK_IDENTITY = {
-    "GIT_AUTHOR_NAME": "deployment-tracker",
-    "GIT_AUTHOR_EMAIL": "deployment-tracker@users.noreply.github.com",
-    "GIT_COMMITTER_NAME": "deployment-tracker",
-    "GIT_COMMITTER_EMAIL": "deployment-tracker@users.noreply.github.com",
-}
-HISTORY_README = f"""\
-# Deployment history
-
-This branch holds `{HISTORY_FILE}`, the SQLite database of every deployment,
-written only by `deployment-tracker with-history`. Each commit is one change.
-Read it with:
-
-    git fetch origin {HISTORY_BRANCH}
-    git show origin/{HISTORY_BRANCH}:{HISTORY_FILE} > deployments.db
-    deployment-tracker --db deployments.db list --all
-"""
-
-
-class GitFailure(Exception):
-    """A git command failed; worth another attempt after a backoff."""
 
 
 class GitResult:
