@@ -193,6 +193,10 @@ INSERT_EVENT = (
 )
 SELECT_EVENTS = "SELECT at, status, by, note FROM events WHERE deployment_id = ? ORDER BY seq"
 SELECT_FIRST_STATUS = "SELECT status FROM events WHERE deployment_id = ? ORDER BY seq LIMIT 1"
+SELECT_SCHEMA_STATE = (
+    "SELECT (SELECT * FROM pragma_application_id()), (SELECT * FROM pragma_user_version()),"
+    " (SELECT count(*) FROM sqlite_master)"
+)
 SELECT_RUNNING = SELECT_DEPLOYMENT + " WHERE environment = ? ORDER BY seq DESC LIMIT 1"
 SELECT_LATEST_WITH_STATUS = (
     SELECT_DEPLOYMENT + " WHERE environment = ? AND status = ? ORDER BY seq DESC LIMIT 1"
@@ -791,9 +795,9 @@ def open_uri(location: str, query: str) -> sqlite3.Connection:
 
 def check_schema(db: sqlite3.Connection, path: str, *, write: bool) -> None:
     try:
-        application_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = schema_version(db)
-        has_tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        # One statement, so one snapshot: another process may be creating the
+        # schema between two separate reads.
+        application_id, version, has_tables = db.execute(SELECT_SCHEMA_STATE).fetchone()
     except sqlite3.OperationalError as error:
         # I/O, permissions or a full disk: the file may be fine, so don't call it broken.
         raise DatabaseProblem(f"cannot use database {path}: {error}") from None

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from click.testing import CliRunner
+from conftest import make_runner
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from reliability_support import run_cli
@@ -132,7 +133,7 @@ def test_c1_controls_git_accepts_are_refused_by_design(runner: CliRunner) -> Non
 @CLI
 @given(branch=branches, sha=shas)
 def test_new_id_from_the_cli_is_a_tag_with_the_sha(branch: str, sha: str) -> None:
-    result = CliRunner().invoke(dt.cli, ["new-id", "-b", branch, "-c", sha, "--format", "json"])
+    result = make_runner().invoke(dt.cli, ["new-id", "-b", branch, "-c", sha, "--format", "json"])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["branch"] == branch
@@ -159,7 +160,7 @@ actors = free_text(dt.MAX_LENGTHS["actor"], multiline=False)
 def record_and_get(branch: str, actor: str, note: str) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as folder:
         db = str(Path(folder) / "deployments.db")
-        runner = CliRunner()
+        runner = make_runner()
         args = ["record", "-e", "qa", "-b", branch, "-c", "a" * 40, "--actor", actor]
         recorded = runner.invoke(dt.cli, ["--db", db, *args, "--note", note])
         assert recorded.exit_code == 0, recorded.output

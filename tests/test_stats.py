@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from click.testing import Result
+from click.testing import CliRunner, Result
 from insight_helpers import NOW, SINCE, at, build_known_history, check, deploy
 
 import deployment_tracker as dt
@@ -238,10 +238,8 @@ def test_cli_bad_input(
     assert len(result.stderr.splitlines()) == 1
 
 
-def test_cli_missing_database(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    result = CliRunner().invoke(dt.cli, ["--db", str(tmp_path / "none.db"), "stats"])
+def test_cli_missing_database(tmp_path: Path, runner: CliRunner) -> None:
+    result = runner.invoke(dt.cli, ["--db", str(tmp_path / "none.db"), "stats"])
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: no database at ")
     assert not (tmp_path / "none.db").exists()
