@@ -832,11 +832,30 @@ def prepare_for_writes(db: sqlite3.Connection, path: str) -> None:
     """WAL with a busy timeout lets writers queue instead of failing."""
     try:
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            db.execute("PRAGMA journal_mode = WAL")
+            switch_to_wal(db)
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
     except sqlite3.Error as error:
         raise DatabaseProblem(f"cannot write to {path}: {error}") from None
+
+
+def switch_to_wal(db: sqlite3.Connection) -> None:
+    """Switch a new database to WAL, waiting out other processes doing the same.
+
+    The switch needs an exclusive lock and SQLite answers "locked" at once
+    instead of calling the busy handler, so the wait is done here.
+    """
+    import time
+
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 T = TypeVar("T")
