@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_runner import make_runner
 from click.testing import CliRunner, Result
 
 import deployment_tracker as dt
@@ -26,14 +27,6 @@ def promotion_gate_default(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "deployments.db"
-
-
-def make_runner() -> CliRunner:
-    """A runner that keeps stderr apart from stdout, on click 8.1 and on 8.2+."""
-    try:
-        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
-    except TypeError:  # click 8.2 removed the option and always separates them
-        return CliRunner()
 
 
 @pytest.fixture

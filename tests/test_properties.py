@@ -8,8 +8,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cli_runner import make_runner
 from click.testing import CliRunner
-from conftest import make_runner
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from reliability_support import run_cli
