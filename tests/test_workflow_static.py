@@ -221,7 +221,11 @@ def tracker_calls(script: str) -> list[list[str]]:
 def parse(args: list[str]) -> list[str]:
     """Parse like the CLI does (options, choices, required ones); return the command path."""
     root = dt.cli.make_context("deployment-tracker", list(args))
-    name, command, rest = dt.cli.resolve_command(root, [*root._protected_args, *root.args])
+    # click 8.2 renamed protected_args (8.1) to _protected_args.
+    protected = getattr(root, "_protected_args", None)
+    if protected is None:
+        protected = root.protected_args
+    name, command, rest = dt.cli.resolve_command(root, [*protected, *root.args])
     assert command is not None and name is not None
     context = command.make_context(name, rest, parent=root)
     if name == "with-history":
