@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 from reliability_support import (
@@ -143,3 +144,29 @@ def test_first_use_by_many_processes_at_once_migrates_once(tmp_path: Path) -> No
             count = db.execute("SELECT count(*) FROM deployments").fetchone()[0]
         assert count == FIRST_USE_PROCESSES
         assert integrity(db_path) == "ok"
+
+
+def open_new_database(path: str) -> str:
+    """In a pool process: open (create and migrate) a database; '' or the error."""
+    try:
+        dt.connect(path, write=True).close()
+    except dt.TrackerError as error:
+        return str(error)
+    return ""
+
+
+def test_many_rounds_of_racing_first_opens(tmp_path: Path) -> None:
+    """Processes already running, so their opens land within microseconds of each other:
+    this caught a schema check that read in two snapshots and a WAL switch that answered
+    'locked' (19 of 480 opens failed before the fix)."""
+    import multiprocessing
+
+    rounds, processes = 40, 8
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        for round_number in range(rounds):
+            path = str(tmp_path / f"race{round_number}.db")
+            errors = [e for e in pool.map(open_new_database, [path] * processes) if e]
+            assert errors == [], f"round {round_number}: {errors}"
+            with closing(sqlite3.connect(path)) as db:
+                assert db.execute("PRAGMA user_version").fetchone()[0] == len(dt.MIGRATIONS)
+                assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
