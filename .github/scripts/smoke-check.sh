@@ -3,6 +3,8 @@
 # endpoint (when there is one) reports the expected image tag, so a stale pod
 # answering 200 does not pass. Prints one summary line on stdout (used as the
 # verification note); details go to stderr. Exits non-zero when a check fails.
+# Whatever the service answers, the summary line is printable ASCII and short: a
+# quoted answer keeps at most 200 bytes, every other byte shown as `?`.
 #
 # Environment:
 #   ENVIRONMENT_URL   base URL of the environment (required)
@@ -24,6 +26,15 @@ health_url="$base${HEALTH_PATH:-/healthz}"
 retries=${SMOKE_RETRIES:-10}
 delay=${SMOKE_RETRY_DELAY:-6}
 timeout=${SMOKE_TIMEOUT:-10}
+
+# The first 200 bytes of $1 with every byte outside printable ASCII (controls, escape
+# sequences, Latin-1, invalid or any other UTF-8) replaced by `?`. Pure bash: no pipeline
+# that a closed pipe could fail under `set -o pipefail`.
+printable() {
+  local LC_ALL=C
+  local text=${1:0:200}
+  printf '%s' "${text//[^ -~]/?}"
+}
 
 fetch() {
   curl --fail --silent --show-error --location --max-time "$timeout" "$1"
@@ -58,8 +69,7 @@ if [[ -n "${VERSION_PATH:-}" ]]; then
     if ((attempt < retries)); then sleep "$delay"; fi
   done
   if [[ "$body" != *"$expected"* ]]; then
-    body=${body//[$'\t\r\n']/ }
-    echo "version check failed: $version_url does not report $expected: ${body:0:200}"
+    echo "version check failed: $version_url does not report $expected: $(printable "$body")"
     exit 1
   fi
   summary="$summary; $version_url reports $expected"

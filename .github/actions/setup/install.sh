@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Install deployment-tracker from the files of this action's commit, isolated from the repository
+# being deployed: a virtual environment under $RUNNER_TEMP, dependencies pinned by hash
+# (requirements.txt), the tracker module copied in and compiled, and launchers on $GITHUB_PATH.
+#
+# Environment:
+#   SETUP_PYTHON   interpreter to build the environment from (default: python3 on PATH)
+#   RUNNER_TEMP    where the environment goes (set by the runner)
+#   GITHUB_PATH, GITHUB_OUTPUT  the runner's command files (optional outside Actions)
+# Pip's own settings (PIP_INDEX_URL, PIP_NO_INDEX, PIP_FIND_LINKS, ...) are honoured.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+source_root=$(cd "$here/../../.." && pwd)
+python=${SETUP_PYTHON:-python3}
+home="${RUNNER_TEMP:?RUNNER_TEMP is not set}/deployment-tracker"
+venv="$home/venv"
+bin="$home/bin"
+share="$home/share"
+
+if [[ ! -f "$source_root/deployment_tracker.py" ]]; then
+  echo "::error title=deployment-tracker setup::deployment_tracker.py not found next to the action ($source_root)"
+  exit 1
+fi
+
+rm -rf "$home"
+mkdir -p "$bin" "$share"
+# No pip inside the environment: the interpreter's own pip installs into it (--python), which
+# takes a fraction of a second where ensurepip takes seconds. Without an outer pip, ensurepip.
+if "$python" -m pip --version > /dev/null 2>&1; then
+  "$python" -m venv --without-pip "$venv"
+  pip=("$python" -m pip --python "$venv/bin/python")
+else
+  "$python" -m venv "$venv"
+  pip=("$venv/bin/python" -m pip)
+fi
+"${pip[@]}" install --disable-pip-version-check --no-input --quiet \
+  --require-hashes --no-deps --only-binary :all: -r "$here/requirements.txt"
+
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cp "$source_root/deployment_tracker.py" "$site/deployment_tracker.py"
+"$venv/bin/python" -m compileall -q "$site/deployment_tracker.py"
+
+# The workflow's helper scripts, standard library only, run by the same interpreter.
+for script in deployment_history.py deployment_notify.py deployment_text.py; do
+  if [[ -f "$source_root/.github/scripts/$script" ]]; then
+    cp "$source_root/.github/scripts/$script" "$share/$script"
+  fi
+done
+cp "$source_root/.github/scripts/kubernetes-deploy.sh" "$source_root/.github/scripts/smoke-check.sh" "$share/"
+
+launcher() { # NAME ARGUMENTS...: a bash script running the environment's Python with ARGUMENTS
+  {
+    echo '#!/usr/bin/env bash'
+    printf 'exec %q' "$venv/bin/python"
+    printf ' %q' "${@:2}"
+    echo ' "$@"'
+  } > "$bin/$1"
+  chmod +x "$bin/$1"
+}
+# Imported, not run as a script, so every call uses the compiled bytecode.
+launcher deployment-tracker -c 'import sys; from deployment_tracker import main; sys.exit(main())'
+for name in history notify text; do
+  if [[ -f "$share/deployment_$name.py" ]]; then
+    launcher "deployment-$name" "$share/deployment_$name.py"
+  fi
+done
+for script in kubernetes-deploy smoke-check; do
+  ln -s "$share/$script.sh" "$bin/$script"
+done
+
+if [[ -n "${GITHUB_PATH:-}" ]]; then echo "$bin" >> "$GITHUB_PATH"; fi
+if [[ -n "${GITHUB_OUTPUT:-}" ]]; then echo "bin=$bin" >> "$GITHUB_OUTPUT"; fi
+"$bin/deployment-tracker" --version > /dev/null 2>&1 || "$bin/deployment-tracker" --help > /dev/null
+echo "deployment-tracker installed in $venv; tools in $bin"
