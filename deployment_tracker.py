@@ -654,7 +654,7 @@ def check_id_or_prefix(value: str) -> str:
     return value
 
 
-def is_full_id(value: str) -> bool:
+def _is_full_id(value: str) -> bool:
     return bool(_ID_PATTERN.fullmatch(value))
 
 
@@ -1046,7 +1046,7 @@ def resolve_id(db: sqlite3.Connection, given: str, environment: Optional[str] = 
     """The one deployment `given` names: its id, a unique start of an id, or the
     short sha of a commit (within `environment`, when given). A full id is
     only ever itself."""
-    if is_full_id(given) or _find(db, given) is not None:
+    if _is_full_id(given) or _find(db, given) is not None:
         return given
     limit = 11
     rows = db.execute(_SELECT_IDS_WITH_PREFIX, {"prefix": given, "limit": limit}).fetchall()
@@ -1723,15 +1723,15 @@ def _escape_character(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def printable(value: Any, *, one_line: bool = True) -> str:
+def _printable(value: Any, *, one_line: bool = True) -> str:
     """A value as text a terminal or a log shows as it is: controls (ESC starts
     escape sequences), bidi marks and undecodable bytes become visible escapes."""
-    text = shown_value(value)
+    text = _shown_value(value)
     pattern = _UNSHOWABLE_IN_A_LINE if one_line else _UNSHOWABLE
     return pattern.sub(_escape_character, text)
 
 
-def shown_value(value: Any) -> str:
+def _shown_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else str(value)
@@ -1747,23 +1747,23 @@ def _json_text(value: Any, *, indent: Optional[int] = None) -> str:
 
 
 def _tsv_cell(value: Any) -> str:
-    text = shown_value(value).replace("\\", "\\\\")
+    text = _shown_value(value).replace("\\", "\\\\")
     text = text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return printable(text)
+    return _printable(text)
 
 
 def _age(stamp: Any, now: datetime) -> str:
     """How long ago, as people say it: `45s ago`, `3h ago`, `12d ago`."""
     moment = _parse_stored_time(stamp)
     if moment is None:
-        return printable(stamp)
+        return _printable(stamp)
     seconds = int((now - moment).total_seconds())
     if seconds < 0:
         return "just now"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size * (2 if unit == "d" else 1):
             if unit == "d" and seconds >= 90 * 86400:
-                return stamp[:10] if isinstance(stamp, str) else printable(stamp)
+                return stamp[:10] if isinstance(stamp, str) else _printable(stamp)
             return f"{seconds // size}{unit} ago"
     return f"{seconds}s ago"
 
@@ -1790,20 +1790,20 @@ def _marks(record: Record) -> str:
 
 def _table_cell(column: str, record: Record, now: datetime) -> str:
     if column == "commit":
-        return printable(shown_value(record["commit_sha"])[:SHORT_SHA_LENGTH])
+        return _printable(_shown_value(record["commit_sha"])[:SHORT_SHA_LENGTH])
     if column == "age":
         return _age(record["deployed_at"], now)
     if column == "marks":
         return _marks(record)
     if column == "image":
-        return "" if record["image_tag"] == record["id"] else printable(record["image_tag"])
+        return "" if record["image_tag"] == record["id"] else _printable(record["image_tag"])
     if column in ("blocked", "gate_bypassed"):
         return column.upper().replace("_", "-") if record[column] else ""
-    return printable(record[column], one_line=column != "note")
+    return _printable(record[column], one_line=column != "note")
 
 
 @dataclass(frozen=True)
-class OutputRequest:
+class _OutputRequest:
     """How a command prints: checked once, while click parses its options."""
 
     format: Optional[str] = None  # None: the command's default
@@ -1818,7 +1818,7 @@ class OutputRequest:
         return self.format or "table"
 
 
-def render_table(rows: list[list[str]], headers: list[str], table_format: str) -> str:
+def _render_table(rows: list[list[str]], headers: list[str], table_format: str) -> str:
     from tabulate import tabulate
 
     if table_format == "table":
@@ -1828,7 +1828,7 @@ def render_table(rows: list[list[str]], headers: list[str], table_format: str) -
     return tabulate(rows, headers=headers, tablefmt=table_format, disable_numparse=True)
 
 
-def echo_records(records: Iterable[Record], output: OutputRequest) -> int:
+def _echo_records(records: Iterable[Record], output: _OutputRequest) -> int:
     """Print records as the caller asked; JSON, CSV and TSV stream. Returns how many."""
     out = sys.stdout
     count = 0
@@ -1860,7 +1860,7 @@ def echo_records(records: Iterable[Record], output: OutputRequest) -> int:
             write_row(FIELDS)
         for count, record in enumerate(records, start=1):  # noqa: B007 (the count is returned)
             if fmt == "csv":
-                write_row([printable(record[field], one_line=False) for field in FIELDS])
+                write_row([_printable(record[field], one_line=False) for field in FIELDS])
             else:
                 write_row([record[field] for field in FIELDS])
         return count
@@ -1871,11 +1871,11 @@ def echo_records(records: Iterable[Record], output: OutputRequest) -> int:
         columns = (*TABLE_COLUMNS[:3], "image", *TABLE_COLUMNS[3:])
     rows = [[_table_cell(column, record, now) for column in columns] for record in shown_records]
     headers = list(columns) if output.headers else []
-    out.write(render_table(rows, headers, fmt) + "\n")
+    out.write(_render_table(rows, headers, fmt) + "\n")
     return len(shown_records)
 
 
-def echo_details(record: Record, history: Optional[list[Record]], output: OutputRequest) -> None:
+def _echo_details(record: Record, history: Optional[list[Record]], output: _OutputRequest) -> None:
     """One deployment, as the caller asked: bare fields, an object, a row, or a
     field/value table followed by its events."""
     if output.fields or output.json_fields:
@@ -1890,19 +1890,20 @@ def echo_details(record: Record, history: Optional[list[Record]], output: Output
         click.echo(_json_text(shown, indent=2))
         return
     if fmt in ("csv", "tsv"):
-        echo_records([record], output)
+        _echo_records([record], output)
         return
-    pairs = [[field, printable(record[field], one_line=False)] for field in FIELDS]
-    click.echo(render_table(pairs, ["field", "value"] if output.headers else [], fmt))
+    pairs = [[field, _printable(record[field], one_line=False)] for field in FIELDS]
+    click.echo(_render_table(pairs, ["field", "value"] if output.headers else [], fmt))
     if history:
         click.echo()
         rows = [
-            [printable(event[field], one_line=False) for field in EVENT_FIELDS] for event in history
+            [_printable(event[field], one_line=False) for field in EVENT_FIELDS]
+            for event in history
         ]
-        click.echo(render_table(rows, list(EVENT_FIELDS) if output.headers else [], fmt))
+        click.echo(_render_table(rows, list(EVENT_FIELDS) if output.headers else [], fmt))
 
 
-def writable_github_output() -> str:
+def _writable_github_output() -> str:
     """The $GITHUB_OUTPUT file, checked before anything is written anywhere: a
     record stored and then not reported would be recorded twice on a retry."""
     path = os.environ.get("GITHUB_OUTPUT")
@@ -1918,11 +1919,11 @@ def writable_github_output() -> str:
     return path
 
 
-def write_github_output(path: str, values: Record) -> None:
+def _write_github_output(path: str, values: Record) -> None:
     """Append values as `name<<DELIMITER` blocks, which no value can break out of."""
     lines = []
     for name, value in values.items():
-        text = shown_value(value)
+        text = _shown_value(value)
         # os.urandom is what secrets.token_hex reads; importing secrets costs
         # more start-up time than the whole tracker.
         delimiter = f"ghadelimiter_{os.urandom(16).hex()}"
@@ -1936,7 +1937,7 @@ def write_github_output(path: str, values: Record) -> None:
         raise TrackerError(f"cannot write GITHUB_OUTPUT file {path}: {error.strerror}") from None
 
 
-def format_duration(seconds: Optional[int]) -> str:
+def _format_duration(seconds: Optional[int]) -> str:
     """A duration for people: `45s`, `12m 5s`, `3h 20m`, `2d 4h`."""
     if seconds is None:
         return "-"
@@ -1970,7 +1971,7 @@ def _stats_rows(
         median = figure["lead_time_median_seconds"]
         if median is None:
             return "-"
-        return f"{format_duration(median)} (n={figure['lead_time_changes']})"
+        return f"{_format_duration(median)} (n={figure['lead_time_changes']})"
 
     shown: tuple[tuple[str, Callable[[Record], str]], ...] = (
         ("deployments", lambda figure: str(figure["deployments"])),
@@ -1980,11 +1981,11 @@ def _stats_rows(
         ("change failure rate", failure_rate),
         (
             "time to restore, median",
-            lambda figure: format_duration(figure["time_to_restore_median_seconds"]),
+            lambda figure: _format_duration(figure["time_to_restore_median_seconds"]),
         ),
         (
             "time to restore, worst",
-            lambda figure: format_duration(figure["time_to_restore_worst_seconds"]),
+            lambda figure: _format_duration(figure["time_to_restore_worst_seconds"]),
         ),
         ("unrestored failures", lambda figure: str(figure["unrestored"])),
         ("lead time, median", lead_time),
@@ -2002,8 +2003,8 @@ def _window_caption(since: datetime, until: datetime) -> str:
     )
 
 
-def echo_stats(
-    figures: Sequence[Record], output: OutputRequest, *, since: datetime, until: datetime
+def _echo_stats(
+    figures: Sequence[Record], output: _OutputRequest, *, since: datetime, until: datetime
 ) -> None:
     fmt = output.chosen_format
     if fmt == "json":
@@ -2018,15 +2019,15 @@ def echo_stats(
         if output.headers:
             writer.writerow(STATS_FIELDS)
         for figure in figures:
-            writer.writerow([printable(figure[field]) for field in STATS_FIELDS])
+            writer.writerow([_printable(figure[field]) for field in STATS_FIELDS])
         return
     click.echo(_window_caption(since, until))
     if not figures:
         click.echo("No deployments recorded.")
         return
-    headers, rows = _stats_rows(figures, printable)
+    headers, rows = _stats_rows(figures, _printable)
     click.echo()
-    click.echo(render_table(rows, headers if output.headers else [], fmt))
+    click.echo(_render_table(rows, headers if output.headers else [], fmt))
 
 
 def _short_time(stamp: str) -> str:
@@ -2048,33 +2049,33 @@ def _status_class(record: Record) -> str:
     return record["status"] if record["status"] in STATUS_COLOURS else "unknown"
 
 
-def mermaid_text(value: Any) -> str:
+def _mermaid_text(value: Any) -> str:
     """Text that cannot break out of a quoted Mermaid label: every character
     that could mean something to Mermaid, Markdown or HTML becomes an entity code."""
     return "".join(
         character if _MERMAID_SAFE_CHARACTER.fullmatch(character) else f"#{ord(character)};"
-        for character in shown_value(value)
+        for character in _shown_value(value)
     )
 
 
-def markdown_text(value: Any) -> str:
+def _markdown_text(value: Any) -> str:
     """Text for a Markdown summary: every character that could mean something to
     Markdown or HTML becomes an HTML character reference."""
     return "".join(
         character if _MERMAID_SAFE_CHARACTER.fullmatch(character) else f"&#{ord(character)};"
-        for character in shown_value(value)
+        for character in _shown_value(value)
     )
 
 
 def _mermaid_node(node: str, record: Record, css_class: str) -> str:
     label = "<br/>".join(
         (
-            mermaid_text(_clipped(shown_value(record["branch"]), 40)),
-            mermaid_text(
-                f"{shown_value(record['commit_sha'])[:SHORT_SHA_LENGTH]}"
-                f" {_short_time(shown_value(record['deployed_at']))}"
+            _mermaid_text(_clipped(_shown_value(record["branch"]), 40)),
+            _mermaid_text(
+                f"{_shown_value(record['commit_sha'])[:SHORT_SHA_LENGTH]}"
+                f" {_short_time(_shown_value(record['deployed_at']))}"
             ),
-            mermaid_text(_status_label(record)),
+            _mermaid_text(_status_label(record)),
         )
     )
     # A rollback is drawn as a stadium, a change as a box.
@@ -2082,7 +2083,7 @@ def _mermaid_node(node: str, record: Record, css_class: str) -> str:
     return f"{node}{opening}{label}{closing}:::{css_class}"
 
 
-def render_mermaid(
+def _render_mermaid(
     lanes: Sequence[tuple[str, list[Record], int]], earlier: dict[str, Record]
 ) -> str:
     """A Mermaid flowchart: a subgraph per environment holding its deployments
@@ -2104,7 +2105,7 @@ def render_mermaid(
     rollback_links = []
     for number, (environment, records, left_out) in enumerate(lanes, start=1):
         lane = f"lane{number}"
-        lines.append(f'  subgraph {lane}["{mermaid_text(environment)}"]')
+        lines.append(f'  subgraph {lane}["{_mermaid_text(environment)}"]')
         lines.append("    direction LR")
         chain = []
         if left_out:
@@ -2144,14 +2145,14 @@ def render_mermaid(
     return "\n".join(lines) + "\n"
 
 
-def render_markdown_summary(
+def _render_markdown_summary(
     figures: Sequence[Record], mermaid: str, *, since: datetime, until: datetime
 ) -> str:
     """The stats table and the Mermaid timeline as Markdown, for $GITHUB_STEP_SUMMARY."""
     parts = [f"### {_window_caption(since, until)}\n"]
     if figures:
-        headers, rows = _stats_rows(figures, markdown_text)
-        parts.append(render_table(rows, headers, "github") + "\n")
+        headers, rows = _stats_rows(figures, _markdown_text)
+        parts.append(_render_table(rows, headers, "github") + "\n")
     parts.append(f"```mermaid\n{mermaid}```\n")
     return "\n".join(parts)
 
@@ -2174,19 +2175,19 @@ def _timeline_ticks(start: datetime, end: datetime) -> tuple[list[datetime], str
 def _mark_title(record: Record) -> str:
     lines = [
         f"{record['id']} ({_status_label(record)})",
-        f"branch {_clipped(shown_value(record['branch']), 80)},"
-        f" commit {shown_value(record['commit_sha'])[:12]}",
+        f"branch {_clipped(_shown_value(record['branch']), 80)},"
+        f" commit {_shown_value(record['commit_sha'])[:12]}",
         f"deployed {_short_time(record['deployed_at'])} by {_clipped(record['actor'] or '?', 40)}",
     ]
     if record["verified_at"]:
         checker = record["verified_by"]
         lines.append(
-            f"checked {_short_time(shown_value(record['verified_at']))}"
+            f"checked {_short_time(_shown_value(record['verified_at']))}"
             + (f" by {_clipped(checker, 40)}" if checker else "")
         )
     if record["rollback_of"]:
         lines.append(f"restores {record['rollback_of']}")
-    return printable("\n".join(lines), one_line=False)
+    return _printable("\n".join(lines), one_line=False)
 
 
 def _svg_legend(left: int) -> list[str]:
@@ -2245,7 +2246,7 @@ def _svg_lane(
     mid = top + 54
     rollbacks = sum(1 for record in records if record["rollback_of"])
     changes = len(records) - rollbacks
-    shown_environment = printable(environment)
+    shown_environment = _printable(environment)
     parts = [
         f'<g class="lane" data-environment="{html.escape(shown_environment)}">'
         f'<rect x="0" y="{top}" width="{right}" height="{_TIMELINE_LANE_HEIGHT}"'
@@ -2279,8 +2280,8 @@ def _svg_lane(
         arc_y = min(from_y, to_y) - 9 - (14 + min(30.0, abs(from_x - to_x) / 8))
         kind = "restore" if target_id in positions else "restore earlier"
         target = earlier.get(target_id)
-        when = f", deployed {_short_time(shown_value(target['deployed_at']))}" if target else ""
-        title = html.escape(printable(f"{record['id']} restored {target_id}{when}"))
+        when = f", deployed {_short_time(_shown_value(target['deployed_at']))}" if target else ""
+        title = html.escape(_printable(f"{record['id']} restored {target_id}{when}"))
         parts.append(
             f'<path class="{kind}" d="M{from_x} {from_y - 9}C{from_x} {arc_y}'
             f' {to_x} {arc_y} {to_x} {to_y - 9}"><title>{title}</title></path>'
@@ -2292,7 +2293,7 @@ def _svg_lane(
 def _html_stats_table(figures: Sequence[Record]) -> list[str]:
     import html
 
-    headers, rows = _stats_rows(figures, printable)
+    headers, rows = _stats_rows(figures, _printable)
     parts = ['<table class="stats"><thead><tr>']
     parts.extend(f"<th>{html.escape(header)}</th>" for header in headers)
     parts.append("</tr></thead><tbody>")
@@ -2302,7 +2303,7 @@ def _html_stats_table(figures: Sequence[Record]) -> list[str]:
     return parts
 
 
-def render_timeline_html(
+def _render_timeline_html(
     lanes: Sequence[tuple[str, list[Record]]],
     earlier: dict[str, Record],
     figures: Sequence[Record],
@@ -2393,7 +2394,7 @@ def render_timeline_html(
     return "\n".join(out) + "\n"
 
 
-def timeline_text(
+def _timeline_text(
     db: sqlite3.Connection,
     output_format: str,
     *,
@@ -2412,7 +2413,7 @@ def timeline_text(
         records, total = timeline_deployments(db, since=since, environment=environment, now=now)
         records = placeable(records)
         lanes = [(name, [one for one in records if one["environment"] == name]) for name in names]
-        return render_timeline_html(
+        return _render_timeline_html(
             lanes,
             rollback_targets_outside(db, records),
             deployment_stats(db, since=since, environment=environment, now=now),
@@ -2428,11 +2429,11 @@ def timeline_text(
         )
         mermaid_lanes.append((name, placeable(records), total - len(records)))
         earlier.update(rollback_targets_outside(db, records))
-    mermaid = render_mermaid(mermaid_lanes, earlier)
+    mermaid = _render_mermaid(mermaid_lanes, earlier)
     if output_format == "mermaid":
         return mermaid
     figures = deployment_stats(db, since=since, environment=environment, now=now)
-    return render_markdown_summary(figures, mermaid, since=since, until=now)
+    return _render_markdown_summary(figures, mermaid, since=since, until=now)
 
 
 # ==========================================================================
@@ -2449,18 +2450,18 @@ def _log_line(kind: str, message: str) -> str:
 
     The message can hold stored or given values: escaped so that it can't
     start another workflow command (`##[...]` works anywhere in a line)."""
-    text = printable(" ".join(message.split()))
+    text = _printable(" ".join(message.split()))
     if not _in_github_actions():
         return f"{kind.capitalize()}: {text}"
     text = text.replace("%", "%25").replace("##[", "#%23[")
     return f"::{kind} title=deployment-tracker::{text}"
 
 
-def warn(message: str) -> None:
+def _warn(message: str) -> None:
     click.echo(_log_line("warning", message), err=True)
 
 
-def fail(message: str, exit_code: int) -> NoReturn:
+def _fail(message: str, exit_code: int) -> NoReturn:
     click.echo(_log_line("error", message), err=True)
     sys.exit(exit_code)
 
@@ -2480,23 +2481,23 @@ class TrackerGroup(click.Group):
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as error:
             hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
-            fail(error.format_message() + hint, error.exit_code)
+            _fail(error.format_message() + hint, error.exit_code)
         except click.ClickException as error:
-            fail(error.format_message(), error.exit_code)
+            _fail(error.format_message(), error.exit_code)
         except TrackerError as error:
-            fail(str(error), error.exit_code)
+            _fail(str(error), error.exit_code)
         except click.Abort:
-            fail("aborted", 1)
+            _fail("aborted", 1)
         except sqlite3.Error as error:
             if str(error) == "interrupted":
-                fail(f"database error: a query ran past {QUERY_DEADLINE_SECONDS:g} s", 1)
-            fail(f"database error: {error}", 1)
+                _fail(f"database error: a query ran past {QUERY_DEADLINE_SECONDS:g} s", 1)
+            _fail(f"database error: {error}", 1)
         except BrokenPipeError:
             # The reader (e.g. `| head`) went away; that is not our failure.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         except OSError as error:
-            fail(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "), 1)
+            _fail(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "), 1)
         if not standalone_mode:
             return result
         sys.exit(result if isinstance(result, int) else 0)
@@ -2524,7 +2525,7 @@ def _complete_from_db(
         db.close()
 
 
-class CheckedType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+class _CheckedType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
     """A value checked by a validation function; a bad one is a usage error (exit 2).
     With `column`, the shell completes it from the values the database holds."""
 
@@ -2556,7 +2557,7 @@ class CheckedType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
         return _complete_from_db(ctx, lambda db: distinct_values(db, column, incomplete))
 
 
-class OutputFormatType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+class _OutputFormatType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
     """table, json, csv, tsv, or any of tabulate's own formats (read from tabulate,
     and only when one is asked for: importing it costs start-up time)."""
 
@@ -2588,7 +2589,7 @@ class OutputFormatType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
         return [CompletionItem(name) for name in names if name.startswith(incomplete)]
 
 
-class FieldListType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+class _FieldListType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
     """One field or several, separated by commas."""
 
     name = "fields"
@@ -2624,22 +2625,22 @@ class FieldListType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
         ]
 
 
-ENVIRONMENT = CheckedType("environment", check_environment, "environment")
-BRANCH = CheckedType("branch", check_branch, "branch")
-SHA = CheckedType("sha", check_sha)
-DEPLOYMENT = CheckedType("id", check_id_or_prefix, "id")
-FULL_ID = CheckedType("id", check_id, "id")
-IMAGE_TAG = CheckedType("tag", check_image_tag)
-RUN_ID = CheckedType("run id", check_run_id)
-RUN_URL = CheckedType("url", check_run_url)
-ANY_NOTE = CheckedType("note", storable_note)
-COMMIT_TIME = CheckedType("time", lambda value: iso(parse_timestamp(value, name="commit time")))
-SINCE = CheckedType("since", lambda value: parse_since(value, utc_now()))
-GATES = CheckedType("gates", parse_gates)
+_ENVIRONMENT = _CheckedType("environment", check_environment, "environment")
+_BRANCH = _CheckedType("branch", check_branch, "branch")
+_SHA = _CheckedType("sha", check_sha)
+_DEPLOYMENT = _CheckedType("id", check_id_or_prefix, "id")
+_FULL_ID = _CheckedType("id", check_id, "id")
+_IMAGE_TAG = _CheckedType("tag", check_image_tag)
+_RUN_ID = _CheckedType("run id", check_run_id)
+_RUN_URL = _CheckedType("url", check_run_url)
+_ANY_NOTE = _CheckedType("note", storable_note)
+_COMMIT_TIME = _CheckedType("time", lambda value: iso(parse_timestamp(value, name="commit time")))
+_SINCE = _CheckedType("since", lambda value: parse_since(value, utc_now()))
+_GATES = _CheckedType("gates", parse_gates)
 
 
-def _text(name: str, *, multiline: bool = False) -> CheckedType:
-    return CheckedType(name, lambda value: check_text(name, value, multiline=multiline))
+def _text(name: str, *, multiline: bool = False) -> _CheckedType:
+    return _CheckedType(name, lambda value: check_text(name, value, multiline=multiline))
 
 
 # --- Shared options ---------------------------------------------------------
@@ -2682,24 +2683,24 @@ def cli(ctx: click.Context, db_path: str) -> None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def output_options(
+def _output_options(
     *, fields: Sequence[str] = FIELDS, github_output: bool = True, wide: bool = False
 ) -> Callable[[F], F]:
     """-o/--output, --field, --json, --no-headers (and --wide, --github-output),
-    handed to the command as one OutputRequest named `output`."""
+    handed to the command as one _OutputRequest named `output`."""
 
     def decorate(function: F) -> F:
         import functools
 
         @functools.wraps(function)
         def command(*args: Any, **kwargs: Any) -> Any:
-            output = OutputRequest(
+            output = _OutputRequest(
                 format=kwargs.pop("output_format"),
                 fields=kwargs.pop("field") or (),
                 json_fields=kwargs.pop("json_fields") or (),
                 headers=not kwargs.pop("no_headers"),
                 wide=kwargs.pop("wide", False),
-                github_output=writable_github_output()
+                github_output=_writable_github_output()
                 if kwargs.pop("github_output", False)
                 else None,
             )
@@ -2713,18 +2714,18 @@ def output_options(
                 "--output",
                 "--format",
                 "output_format",
-                type=OutputFormatType(),
+                type=_OutputFormatType(),
                 help="table (default), json, csv, tsv, or a tabulate format such as github.",
             ),
             click.option(
                 "--field",
-                type=FieldListType(fields),
+                type=_FieldListType(fields),
                 help="Print only these fields' bare values (comma-separated; tab-separated out).",
             ),
             click.option(
                 "--json",
                 "json_fields",
-                type=FieldListType(fields),
+                type=_FieldListType(fields),
                 metavar="FIELDS",
                 help="Print JSON with only these fields (comma-separated), like gh.",
             ),
@@ -2749,15 +2750,15 @@ def output_options(
     return decorate
 
 
-def deployment_argument(*, required: bool = True) -> Callable[[F], F]:
+def _deployment_argument(*, required: bool = True) -> Callable[[F], F]:
     """The deployment, as an argument (like `helm history NAME`) or as --id."""
 
     def decorate(function: F) -> F:
         function = click.option(
-            "--id", "id_option", type=DEPLOYMENT, metavar="ID", help="Same as the ID argument."
+            "--id", "id_option", type=_DEPLOYMENT, metavar="ID", help="Same as the ID argument."
         )(function)
         return click.argument(
-            "id_argument", required=False, type=DEPLOYMENT, metavar="ID" if required else "[ID]"
+            "id_argument", required=False, type=_DEPLOYMENT, metavar="ID" if required else "[ID]"
         )(function)
 
     return decorate
@@ -2775,11 +2776,11 @@ def _given_id(argument: Optional[str], option: Optional[str], *, required: bool)
     return given
 
 
-def environment_option(*, required: bool) -> Callable[[F], F]:
+def _environment_option(*, required: bool) -> Callable[[F], F]:
     return click.option(
         "--environment",
         "-e",
-        type=ENVIRONMENT,
+        type=_ENVIRONMENT,
         required=required,
         envvar=ENVIRONMENT_ENV_VAR,
         show_envvar=True,
@@ -2787,10 +2788,10 @@ def environment_option(*, required: bool) -> Callable[[F], F]:
     )
 
 
-def gates_option() -> Callable[[F], F]:
+def _gates_option() -> Callable[[F], F]:
     return click.option(
         "--gates",
-        type=GATES,
+        type=_GATES,
         envvar=GATES_ENV_VAR,
         show_envvar=True,
         default="",
@@ -2800,10 +2801,10 @@ def gates_option() -> Callable[[F], F]:
     )
 
 
-def since_option() -> Callable[[F], F]:
+def _since_option() -> Callable[[F], F]:
     return click.option(
         "--since",
-        type=SINCE,
+        type=_SINCE,
         default=DEFAULT_SINCE,
         show_default=True,
         metavar="SPAN|DATE",
@@ -2811,16 +2812,16 @@ def since_option() -> Callable[[F], F]:
     )
 
 
-def open_db(ctx: click.Context, *, write: bool = False) -> sqlite3.Connection:
+def _open_db(ctx: click.Context, *, write: bool = False) -> sqlite3.Connection:
     db_path: str = ctx.find_root().obj
     db = connect(db_path, write=write)
     ctx.call_on_close(db.close)
     return db
 
 
-def emit_one(
+def _emit_one(
     record: Record,
-    output: OutputRequest,
+    output: _OutputRequest,
     *,
     history: Optional[list[Record]] = None,
     just_the_id: bool = False,
@@ -2832,12 +2833,12 @@ def emit_one(
     and a workflow step pays no table import.
     """
     if output.github_output:
-        write_github_output(output.github_output, record)
+        _write_github_output(output.github_output, record)
     asked = output.format is not None or output.fields or output.json_fields
     if (just_the_id or output.github_output) and not asked:
-        click.echo(printable(record["id"]))
+        click.echo(_printable(record["id"]))
         return
-    echo_details(record, history, output)
+    _echo_details(record, history, output)
 
 
 # --- Commands: the card's six, then control, then insight -------------------
@@ -2845,11 +2846,11 @@ def emit_one(
 
 @cli.command("new-id")
 @click.option(
-    "--branch", "-b", type=BRANCH, required=True, help="Branch being deployed (raw name)."
+    "--branch", "-b", type=_BRANCH, required=True, help="Branch being deployed (raw name)."
 )
-@click.option("--commit", "-c", "commit_sha", type=SHA, required=True, help="Commit SHA.")
-@output_options(fields=("id", "image_tag", "branch", "commit_sha", "short_sha", "timestamp"))
-def new_id_command(branch: str, commit_sha: str, output: OutputRequest) -> None:
+@click.option("--commit", "-c", "commit_sha", type=_SHA, required=True, help="Commit _SHA.")
+@_output_options(fields=("id", "image_tag", "branch", "commit_sha", "short_sha", "timestamp"))
+def new_id_command(branch: str, commit_sha: str, output: _OutputRequest) -> None:
     """Print the id (and image tag) a deployment of this commit gets now.
 
     Touches no database. The id is `{branch}_{sha7}_{YYYYmmddHHMMSS}` in UTC,
@@ -2870,32 +2871,32 @@ def new_id_command(branch: str, commit_sha: str, output: OutputRequest) -> None:
         "timestamp": moment.strftime(TIMESTAMP_FORMAT),
     }
     if output.github_output:
-        write_github_output(output.github_output, values)
+        _write_github_output(output.github_output, values)
     if output.fields:
         click.echo("\t".join(_tsv_cell(values[field]) for field in output.fields))
     elif output.json_fields or output.format == "json":
         shown = {key: values[key] for key in output.json_fields} if output.json_fields else values
         click.echo(_json_text(shown, indent=2))
     else:
-        click.echo(printable(deployment_id))
+        click.echo(_printable(deployment_id))
 
 
 @cli.command("record")
-@environment_option(required=True)
-@click.option("--branch", "-b", type=BRANCH, help="Branch deployed (raw name).")
-@click.option("--commit", "-c", "commit_sha", type=SHA, help="Commit SHA (lowercase hex).")
-@click.option("--image-tag", type=IMAGE_TAG, help="Docker image tag; defaults to the id.")
-@click.option("--id", "deployment_id", type=FULL_ID, help="Deployment id; defaults to a new one.")
+@_environment_option(required=True)
+@click.option("--branch", "-b", type=_BRANCH, help="Branch deployed (raw name).")
+@click.option("--commit", "-c", "commit_sha", type=_SHA, help="Commit _SHA (lowercase hex).")
+@click.option("--image-tag", type=_IMAGE_TAG, help="Docker image tag; defaults to the id.")
+@click.option("--id", "deployment_id", type=_FULL_ID, help="Deployment id; defaults to a new one.")
 @click.option("--status", type=click.Choice(RECORD_STATUSES), default="deployed", show_default=True)
 @click.option("--actor", type=_text("actor"), help="Who deployed it.")
-@click.option("--run-id", type=RUN_ID, help="CI run id.")
-@click.option("--run-url", type=RUN_URL, help="CI run URL.")
-@click.option("--rollback-of", type=FULL_ID, help="Id of the earlier deployment this restores.")
+@click.option("--run-id", type=_RUN_ID, help="CI run id.")
+@click.option("--run-url", type=_RUN_URL, help="CI run URL.")
+@click.option("--rollback-of", type=_FULL_ID, help="Id of the earlier deployment this restores.")
 @click.option("--note", type=_text("note", multiline=True), help="Free text.")
-@click.option("--committed-at", type=COMMIT_TIME, help="Commit time (ISO 8601), for lead time.")
+@click.option("--committed-at", type=_COMMIT_TIME, help="Commit time (ISO 8601), for lead time.")
 @click.option(
     "--promoted-from",
-    type=FULL_ID,
+    type=_FULL_ID,
     metavar="ID",
     help="Verified deployment (e.g. in staging) whose image this promotes; see `promote`.",
 )
@@ -2906,11 +2907,11 @@ def new_id_command(branch: str, commit_sha: str, output: OutputRequest) -> None:
     metavar="REASON",
     help="Why this went past a promotion gate; kept with its gate_bypassed event.",
 )
-@gates_option()
-@output_options()
+@_gates_option()
+@_output_options()
 @click.pass_context
 def record_command(
-    ctx: click.Context, /, gates: dict[str, str], output: OutputRequest, **fields: Any
+    ctx: click.Context, /, gates: dict[str, str], output: _OutputRequest, **fields: Any
 ) -> None:
     """Record a deployment that happened, and print its id.
 
@@ -2931,27 +2932,27 @@ def record_command(
             --commit 3f2c9e1d4b5a69788796a5b4c3d2e1f0a9b8c7d6 --actor octocat
     """
     request = RecordRequest(**fields)
-    db = open_db(ctx, write=True)
+    db = _open_db(ctx, write=True)
     record, created, objection = record_deployment(db, request, gates=gates)
     if not created:
-        click.echo(f"already recorded: {printable(record['id'])}", err=True)
+        click.echo(f"already recorded: {_printable(record['id'])}", err=True)
     if objection is not None:
         reason = f" (reason: {request.gate_reason})" if request.gate_reason else ""
-        warn(f"recorded past the promotion gate{reason}: {objection}")
-    emit_one(record, output, just_the_id=True)
+        _warn(f"recorded past the promotion gate{reason}: {objection}")
+    _emit_one(record, output, just_the_id=True)
 
 
 @cli.command("verify")
-@deployment_argument()
-@environment_option(required=False)
+@_deployment_argument()
+@_environment_option(required=False)
 @click.option("--status", type=click.Choice(VERIFY_STATUSES), required=True)
 @click.option("--by", type=_text("verified_by"), help="Who (or what) verified it.")
 @click.option(
     "--note",
-    type=ANY_NOTE,
+    type=_ANY_NOTE,
     help="What was checked and what it answered (stored escaped, whatever it holds).",
 )
-@output_options()
+@_output_options()
 @click.pass_context
 def verify_command(
     ctx: click.Context,
@@ -2961,7 +2962,7 @@ def verify_command(
     status: str,
     by: Optional[str],
     note: Optional[str],
-    output: OutputRequest,
+    output: _OutputRequest,
 ) -> None:
     """Record the verification result of a deployment.
 
@@ -2975,23 +2976,23 @@ def verify_command(
     """
     given = _given_id(id_argument, id_option, required=True)
     assert given is not None
-    db = open_db(ctx, write=True)
+    db = _open_db(ctx, write=True)
     deployment_id = resolve_id(db, given, environment)
     record, changed = verify_deployment(db, deployment_id, status, by=by, note=note)
     if not changed:
-        click.echo(f"already {status}: {printable(deployment_id)}", err=True)
-    emit_one(record, output, just_the_id=True)
+        click.echo(f"already {status}: {_printable(deployment_id)}", err=True)
+    _emit_one(record, output, just_the_id=True)
 
 
 @cli.command("list")
-@environment_option(required=False)
-@click.option("--branch", "-b", type=BRANCH, help="Only this branch (raw name).")
+@_environment_option(required=False)
+@click.option("--branch", "-b", type=_BRANCH, help="Only this branch (raw name).")
 @click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
 @click.option(
     "--limit", "-n", type=click.IntRange(min=1), default=DEFAULT_LIST_LIMIT, show_default=True
 )
 @click.option("--all", "show_all", is_flag=True, help="No limit (JSON, CSV and TSV stream).")
-@output_options(github_output=False, wide=True)
+@_output_options(github_output=False, wide=True)
 @click.pass_context
 def list_command(
     ctx: click.Context,
@@ -3000,7 +3001,7 @@ def list_command(
     status: Optional[str],
     limit: int,
     show_all: bool,
-    output: OutputRequest,
+    output: _OutputRequest,
 ) -> None:
     """List deployments, newest first: id, environment, commit, status, age, who
     verified it, and marks (rollback, promoted, BLOCKED, gate-bypassed).
@@ -3010,10 +3011,10 @@ def list_command(
         deployment-tracker list -e staging --limit 5
         deployment-tracker list --status verified -o json
     """
-    db = open_db(ctx)
+    db = _open_db(ctx)
     filters = {"environment": environment, "branch": branch, "status": status}
     records = list_deployments(db, **filters, limit=None if show_all else limit)
-    shown = echo_records(records, output)
+    shown = _echo_records(records, output)
     if not show_all and shown == limit and sys.stderr.isatty():
         total = count_deployments(db, **filters)
         if total > shown:
@@ -3021,7 +3022,7 @@ def list_command(
 
 
 @cli.command("latest")
-@environment_option(required=True)
+@_environment_option(required=True)
 @click.option(
     "--status",
     type=click.Choice((*STATUSES, "any")),
@@ -3029,10 +3030,10 @@ def list_command(
     show_default=True,
     help="Latest with this status; 'any' is what runs now.",
 )
-@output_options()
+@_output_options()
 @click.pass_context
 def latest_command(
-    ctx: click.Context, environment: str, status: str, output: OutputRequest
+    ctx: click.Context, environment: str, status: str, output: _OutputRequest
 ) -> None:
     """Show the latest verified deployment in an environment.
 
@@ -3040,20 +3041,20 @@ def latest_command(
     Example:
         deployment-tracker latest -e production --field image_tag
     """
-    emit_one(latest(open_db(ctx), environment, status), output)
+    _emit_one(latest(_open_db(ctx), environment, status), output)
 
 
 @cli.command("get")
-@deployment_argument()
-@environment_option(required=False)
-@output_options()
+@_deployment_argument()
+@_environment_option(required=False)
+@_output_options()
 @click.pass_context
 def get_command(
     ctx: click.Context,
     id_argument: Optional[str],
     id_option: Optional[str],
     environment: Optional[str],
-    output: OutputRequest,
+    output: _OutputRequest,
 ) -> None:
     """Show one deployment and every status change it went through.
 
@@ -3067,16 +3068,16 @@ def get_command(
     """
     given = _given_id(id_argument, id_option, required=True)
     assert given is not None
-    db = open_db(ctx)
+    db = _open_db(ctx)
     record = get_deployment(db, resolve_id(db, given, environment))
-    emit_one(record, output, history=events(db, record["id"]))
+    _emit_one(record, output, history=events(db, record["id"]))
 
 
 @cli.command("rollback-target")
-@environment_option(required=True)
-@deployment_argument(required=False)
+@_environment_option(required=True)
+@_deployment_argument(required=False)
 @click.option("--force", is_flag=True, help="Accept an unverified or blocked ID (warns).")
-@output_options()
+@_output_options()
 @click.pass_context
 def rollback_target_command(
     ctx: click.Context,
@@ -3084,7 +3085,7 @@ def rollback_target_command(
     id_argument: Optional[str],
     id_option: Optional[str],
     force: bool,
-    output: OutputRequest,
+    output: _OutputRequest,
 ) -> None:
     """Show the deployment to roll back to.
 
@@ -3099,22 +3100,22 @@ def rollback_target_command(
         deployment-tracker rollback-target -e production --field image_tag
     """
     given = _given_id(id_argument, id_option, required=False)
-    db = open_db(ctx)
+    db = _open_db(ctx)
     deployment_id = resolve_id(db, given, environment) if given else None
     target, problems = rollback_target(db, environment, deployment_id, force=force)
     for problem in problems:
-        warn(f"forced: deployment {target['id']} {problem}")
-    emit_one(target, output)
+        _warn(f"forced: deployment {target['id']} {problem}")
+    _emit_one(target, output)
 
 
 @cli.command("block")
-@deployment_argument()
-@environment_option(required=False)
+@_deployment_argument()
+@_environment_option(required=False)
 @click.option(
     "--reason", type=_text("reason"), required=True, help="Why it must not be used (kept)."
 )
 @click.option("--by", type=_text("by"), help="Who blocks it.")
-@output_options()
+@_output_options()
 @click.pass_context
 def block_command(
     ctx: click.Context,
@@ -3123,7 +3124,7 @@ def block_command(
     environment: Optional[str],
     reason: str,
     by: Optional[str],
-    output: OutputRequest,
+    output: _OutputRequest,
 ) -> None:
     """Block a deployment: rollback-target and promote never pick it.
 
@@ -3137,23 +3138,24 @@ def block_command(
     """
     given = _given_id(id_argument, id_option, required=True)
     assert given is not None
-    db = open_db(ctx, write=True)
+    db = _open_db(ctx, write=True)
     deployment_id = resolve_id(db, given, environment)
     record, changed = block_deployment(db, deployment_id, reason=reason, by=by)
     if not changed:
         click.echo(
-            f"already blocked: {printable(deployment_id)} ({printable(record['blocked_reason'])})",
+            f"already blocked: {_printable(deployment_id)}"
+            f" ({_printable(record['blocked_reason'])})",
             err=True,
         )
-    emit_one(record, output, just_the_id=True)
+    _emit_one(record, output, just_the_id=True)
 
 
 @cli.command("unblock")
-@deployment_argument()
-@environment_option(required=False)
+@_deployment_argument()
+@_environment_option(required=False)
 @click.option("--reason", type=_text("reason"), help="Why it may be used again (kept).")
 @click.option("--by", type=_text("by"), help="Who unblocks it.")
-@output_options()
+@_output_options()
 @click.pass_context
 def unblock_command(
     ctx: click.Context,
@@ -3162,7 +3164,7 @@ def unblock_command(
     environment: Optional[str],
     reason: Optional[str],
     by: Optional[str],
-    output: OutputRequest,
+    output: _OutputRequest,
 ) -> None:
     """Lift a block, recorded as an 'unblocked' event.
 
@@ -3174,19 +3176,19 @@ def unblock_command(
     """
     given = _given_id(id_argument, id_option, required=True)
     assert given is not None
-    db = open_db(ctx, write=True)
+    db = _open_db(ctx, write=True)
     deployment_id = resolve_id(db, given, environment)
     record, changed = unblock_deployment(db, deployment_id, by=by, reason=reason)
     if not changed:
-        click.echo(f"not blocked: {printable(deployment_id)}", err=True)
-    emit_one(record, output, just_the_id=True)
+        click.echo(f"not blocked: {_printable(deployment_id)}", err=True)
+    _emit_one(record, output, just_the_id=True)
 
 
 @cli.command("promote")
 @click.option(
     "--from",
     "source",
-    type=ENVIRONMENT,
+    type=_ENVIRONMENT,
     default="staging",
     show_default=True,
     help="Environment to promote from.",
@@ -3194,21 +3196,23 @@ def unblock_command(
 @click.option(
     "--to",
     "target",
-    type=ENVIRONMENT,
+    type=_ENVIRONMENT,
     default="production",
     show_default=True,
     help="Environment to promote to.",
 )
-@deployment_argument(required=False)
-@click.option("--commit", "commit_sha", type=SHA, help="Promote this commit's verified deployment.")
+@_deployment_argument(required=False)
+@click.option(
+    "--commit", "commit_sha", type=_SHA, help="Promote this commit's verified deployment."
+)
 @click.option(
     "--build-if-ungated",
     is_flag=True,
     help="With --commit: when it has no verified deployment in --from and no gate"
     " guards --to, succeed with mode=build (the caller builds and deploys it).",
 )
-@gates_option()
-@output_options()
+@_gates_option()
+@_output_options()
 @click.pass_context
 def promote_command(
     ctx: click.Context,
@@ -3219,7 +3223,7 @@ def promote_command(
     commit_sha: Optional[str],
     build_if_ungated: bool,
     gates: dict[str, str],
-    output: OutputRequest,
+    output: _OutputRequest,
 ) -> None:
     """Decide what --to gets from --from: the image of a verified deployment,
     without a rebuild. This is where the promotion gate is enforced.
@@ -3240,7 +3244,7 @@ def promote_command(
     given = _given_id(id_argument, id_option, required=False)
     if given and commit_sha:
         raise click.UsageError("give a deployment ID or --commit, not both")
-    db = open_db(ctx)
+    db = _open_db(ctx)
     deployment_id = resolve_id(db, given, source) if given else None
     try:
         candidate = promotion_candidate(
@@ -3258,13 +3262,13 @@ def promote_command(
             ) from None
         if not build_if_ungated:
             raise
-        warn(f"{error}; no gate guards {target}: build and deploy commit {commit_sha}")
+        _warn(f"{error}; no gate guards {target}: build and deploy commit {commit_sha}")
         decision: Record = {"mode": "build", "commit_sha": commit_sha}
         if output.github_output:
-            write_github_output(output.github_output, decision)
+            _write_github_output(output.github_output, decision)
         click.echo("build")
         return
-    emit_one({**candidate, "mode": "promote"} if output.github_output else candidate, output)
+    _emit_one({**candidate, "mode": "promote"} if output.github_output else candidate, output)
 
 
 @cli.command("prune")
@@ -3274,10 +3278,10 @@ def promote_command(
     required=True,
     help="How many of the newest deployments stay in each environment.",
 )
-@environment_option(required=False)
+@_environment_option(required=False)
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; change nothing.")
 @click.option("--by", type=_text("by"), help="Who prunes (kept in the prune log).")
-@output_options(github_output=False, wide=True)
+@_output_options(github_output=False, wide=True)
 @click.pass_context
 def prune_command(
     ctx: click.Context,
@@ -3285,7 +3289,7 @@ def prune_command(
     environment: Optional[str],
     dry_run: bool,
     by: Optional[str],
-    output: OutputRequest,
+    output: _OutputRequest,
 ) -> None:
     """Delete the oldest deployments beyond --keep per environment.
 
@@ -3299,7 +3303,7 @@ def prune_command(
         deployment-tracker prune --keep 50 --dry-run
         deployment-tracker prune --keep 50 -e staging --by octocat
     """
-    db = open_db(ctx, write=not dry_run)
+    db = _open_db(ctx, write=not dry_run)
     if dry_run:
         removed = plan_prune(db, keep, environment)
         removed_events = count_events(db, removed)
@@ -3310,18 +3314,18 @@ def prune_command(
         f" and {removed_events} event(s)",
         err=True,
     )
-    echo_records(removed, output)
+    _echo_records(removed, output)
 
 
 @cli.command("stats")
-@environment_option(required=False)
-@since_option()
+@_environment_option(required=False)
+@_since_option()
 @click.option(
     "-o",
     "--output",
     "--format",
     "output_format",
-    type=OutputFormatType(),
+    type=_OutputFormatType(),
     default="table",
     help="table (default), json, csv, tsv, or a tabulate format such as github.",
 )
@@ -3358,14 +3362,14 @@ def stats_command(
         deployment-tracker stats --since 2026-01-01 -o json
     """
     now = utc_now()
-    figures = deployment_stats(open_db(ctx), since=since, environment=environment, now=now)
-    output = OutputRequest(format=output_format, headers=not no_headers)
-    echo_stats(figures, output, since=since, until=now)
+    figures = deployment_stats(_open_db(ctx), since=since, environment=environment, now=now)
+    output = _OutputRequest(format=output_format, headers=not no_headers)
+    _echo_stats(figures, output, since=since, until=now)
 
 
 @cli.command("timeline")
-@environment_option(required=False)
-@since_option()
+@_environment_option(required=False)
+@_since_option()
 @click.option(
     "-o",
     "--output",
@@ -3395,8 +3399,8 @@ def timeline_command(
         deployment-tracker timeline --since 90d -o html > timeline.html
     """
     now = utc_now()
-    db = open_db(ctx)
-    text = timeline_text(db, output_format, since=since, environment=environment, now=now)
+    db = _open_db(ctx)
+    text = _timeline_text(db, output_format, since=since, environment=environment, now=now)
     click.echo(text, nl=False)
 
 
