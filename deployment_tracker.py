@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, NoReturn, Optional, TypeVar
+from typing import Any, NamedTuple, NoReturn, Optional, TypeVar
 
 import click
 
@@ -1802,8 +1802,7 @@ def _table_cell(column: str, record: Record, now: datetime) -> str:
     return _printable(record[column], one_line=column != "note")
 
 
-@dataclass(frozen=True)
-class _OutputRequest:
+class _OutputRequest(NamedTuple):
     """How a command prints: checked once, while click parses its options."""
 
     format: Optional[str] = None  # None: the command's default
