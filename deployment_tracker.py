@@ -213,6 +213,11 @@ _SELECT_VERIFIED_COMMIT = (
     _SELECT_DEPLOYMENT + " WHERE commit_sha = ? AND environment = ? AND status = 'verified'"
     " AND blocked = 0 ORDER BY seq DESC LIMIT 1"
 )
+_SELECT_VERIFIED_COMMIT_PREFIX = (
+    _SELECT_DEPLOYMENT + " WHERE commit_sha >= :prefix AND commit_sha < :prefix || 'g'"
+    " AND environment = :environment AND status = 'verified' AND blocked = 0"
+    " ORDER BY seq DESC LIMIT 50"
+)
 _SELECT_PROMOTION_CANDIDATE = (
     _SELECT_DEPLOYMENT + " WHERE environment = ? AND status = 'verified' AND blocked = 0"
     " ORDER BY seq DESC LIMIT 1"
@@ -1420,10 +1425,7 @@ def promotion_candidate(
             )
         candidate = promotion_source(db, deployment_id, target)
     elif commit_sha is not None:
-        row = db.execute(_SELECT_VERIFIED_COMMIT, (commit_sha, source)).fetchone()
-        if row is None:
-            raise NotFound(f"commit {commit_sha} has no verified, unblocked deployment in {source}")
-        candidate = _row_to_record(row)
+        candidate = _verified_deployment_of(db, commit_sha, source)
     else:
         row = db.execute(_SELECT_PROMOTION_CANDIDATE, (source,)).fetchone()
         if row is None:
@@ -1435,6 +1437,21 @@ def promotion_candidate(
             f"{target} already runs image {candidate['image_tag']} (deployment {current['id']})"
         )
     return candidate
+
+
+def _verified_deployment_of(db: sqlite3.Connection, commit_sha: str, environment: str) -> Record:
+    """The latest verified, unblocked deployment of a commit (given whole or by a
+    prefix that names one commit) in an environment."""
+    parameters = {"prefix": commit_sha, "environment": environment}
+    rows = [_row_to_record(row) for row in db.execute(_SELECT_VERIFIED_COMMIT_PREFIX, parameters)]
+    commits = sorted({row["commit_sha"] for row in rows})
+    if len(commits) > 1:
+        raise Refused(f"commit {commit_sha} is ambiguous: it matches {', '.join(commits)}")
+    if not rows:
+        raise NotFound(
+            f"commit {commit_sha} has no verified, unblocked deployment in {environment}"
+        )
+    return rows[0]
 
 
 def block_deployment(
