@@ -1834,14 +1834,25 @@ class _OutputRequest(NamedTuple):
         return self.format or "table"
 
 
-def _render_table(rows: list[list[str]], headers: list[str], table_format: str) -> str:
+def _render_table(
+    rows: list[list[str]], headers: list[str], table_format: str, *, tight: bool = False
+) -> str:
+    """`tight`: a column is as wide as its widest cell or header, not header + 2
+    (tabulate's MIN_PADDING), so the default list of typical ids fits 100 columns."""
+    import tabulate as tabulate_module
     from tabulate import tabulate
 
     if table_format == "table":
         table_format = "simple"
     if not headers:
         return tabulate(rows, tablefmt=table_format, disable_numparse=True)
-    return tabulate(rows, headers=headers, tablefmt=table_format, disable_numparse=True)
+    padding = tabulate_module.MIN_PADDING
+    if tight:
+        tabulate_module.MIN_PADDING = 0
+    try:
+        return tabulate(rows, headers=headers, tablefmt=table_format, disable_numparse=True)
+    finally:
+        tabulate_module.MIN_PADDING = padding
 
 
 def _echo_records(records: Iterable[Record], output: _OutputRequest) -> int:
@@ -1887,7 +1898,7 @@ def _echo_records(records: Iterable[Record], output: _OutputRequest) -> int:
         columns = (*TABLE_COLUMNS[:3], "image", *TABLE_COLUMNS[3:])
     rows = [[_table_cell(column, record, now) for column in columns] for record in shown_records]
     headers = list(columns) if output.headers else []
-    out.write(_render_table(rows, headers, fmt) + "\n")
+    out.write(_render_table(rows, headers, fmt, tight=fmt == "table") + "\n")
     return len(shown_records)
 
 
