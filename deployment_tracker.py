@@ -3,6 +3,13 @@
 Every deployment from any branch to any environment is recorded in a SQLite
 database with its image tag, verification result and full event history, so a
 rollback can always go back to the latest *verified* deployment.
+
+The shape: a click command group (the CLI) over a thin sqlite3 data layer that
+only runs SQL and builds records. What talks to git or HTTP for the workflow
+(the history branch, webhooks) lives with the workflow in .github/scripts and
+drives this file through its command line. Sections, in reading order:
+
+SECTION-MAP
 """
 
 from __future__ import annotations
@@ -12,21 +19,29 @@ import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, NoReturn, Optional, TypeVar
+from typing import Any, NamedTuple, NoReturn, Optional, TypeVar
 
 import click
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-# --------------------------------------------------------------------------
+# ==========================================================================
 # Constants and SQL
-# --------------------------------------------------------------------------
+# ==========================================================================
 
 DEFAULT_DB = ".github/deployments.db"
 DB_ENV_VAR = "DEPLOYMENT_TRACKER_DB"
+ENVIRONMENT_ENV_VAR = "DEPLOYMENT_TRACKER_ENVIRONMENT"
+GATES_ENV_VAR = "DEPLOYMENT_TRACKER_GATES"
 APPLICATION_ID = 0x44504C54  # "DPLT": marks the file as ours.
 BUSY_TIMEOUT_SECONDS = 30.0
+# The shared history is writable by anyone who can push its branch: a crafted
+# file must neither hang a job nor fill its memory.
+QUERY_DEADLINE_SECONDS = 120.0
+MAX_DATABASE_BYTES = 4 * 1024**3
 DEFAULT_LIST_LIMIT = 20
 # Clock skew tolerated on timestamps that come from other machines.
 FUTURE_TOLERANCE = timedelta(minutes=5)
@@ -35,12 +50,16 @@ STATUSES = ("deployed", "verified", "failed", "rolled_back")
 VERIFY_STATUSES = ("verified", "failed")
 RECORD_STATUSES = ("deployed", "failed")
 # Allowed status changes; repeating the current status is a no-op.
-TRANSITIONS = {
+_TRANSITIONS = {
     "deployed": {"verified", "failed", "rolled_back"},
     "verified": {"rolled_back"},
     "failed": set(),
     "rolled_back": set(),
 }
+# Events that record an action on a deployment without changing its status.
+BLOCKED_EVENT = "blocked"
+UNBLOCKED_EVENT = "unblocked"
+GATE_BYPASSED_EVENT = "gate_bypassed"
 
 FIELDS = (
     "id",
@@ -63,9 +82,10 @@ FIELDS = (
     "blocked_at",
     "blocked_by",
     "blocked_reason",
+    "gate_bypassed",
 )
 # Fields that a retried `record` must repeat exactly to count as the same call.
-IDENTITY_FIELDS = (
+_IDENTITY_FIELDS = (
     "environment",
     "branch",
     "commit_sha",
@@ -78,21 +98,30 @@ IDENTITY_FIELDS = (
     "committed_at",
     "promoted_from",
 )
-TABLE_COLUMNS = (
-    "id",
-    "environment",
-    "branch",
-    "image_tag",
-    "status",
-    "deployed_at",
-    "verified_by",
-    "rollback_of",
-    "blocked",
-)
 EVENT_FIELDS = ("at", "status", "by", "note")
+# The default table: what ran, where, when, and did it pass. `image` appears
+# only when some row's image tag differs from its id (rollbacks, promotions).
+TABLE_COLUMNS = ("id", "environment", "commit", "status", "age", "verified_by", "marks")
+BUILTIN_FORMATS = ("table", "json", "csv", "tsv")
+SHORT_SHA_LENGTH = 7
+# 128 - len("_") - 7 (short sha) - len("_") - 14 (timestamp)
+MAX_BRANCH_PART = 105
+BRANCH_HASH_LENGTH = 8
+MAX_LENGTHS = {
+    "branch": 1000,
+    "actor": 100,
+    "verified_by": 100,
+    "run_url": 2048,
+    "note": 4000,
+    "reason": 1000,
+}
+TIMESTAMP_FORMAT = "%Y%m%d%H%M%S"
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# Bytes a file: URI carries as they are (the rest are %-escaped).
+_URI_SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
 
 
-class LazyPattern:
+class _LazyPattern:
     """A regex compiled on first use: each command needs only a few, and start-up time counts."""
 
     def __init__(self, pattern: str) -> None:
@@ -110,138 +139,110 @@ class LazyPattern:
     def search(self, text: str) -> Optional[re.Match[str]]:
         return self.compiled().search(text)
 
-    def sub(self, replacement: str, text: str) -> str:
+    def sub(self, replacement: Any, text: str) -> str:
         return self.compiled().sub(replacement, text)
 
 
 # Docker's tag grammar: 128 characters at most, no leading '.' or '-'.
-TAG_PATTERN = LazyPattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-ID_PATTERN = LazyPattern(r"(?P<branch>.+)_(?P<sha>[0-9a-f]{7})_(?P<timestamp>\d{14})")
-SHA_PATTERN = LazyPattern(r"[0-9a-f]{7,40}|[0-9a-f]{64}")
-ENVIRONMENT_PATTERN = LazyPattern(r"[a-z][a-z0-9_-]{0,62}")
-RUN_ID_PATTERN = LazyPattern(r"[0-9]{1,20}")
-URL_PATTERN = LazyPattern(r"https?://[^\s\x00-\x1f\x7f]+")
-UNSAFE_TAG_CHARACTERS = LazyPattern(r"[^A-Za-z0-9_.-]+")
+_TAG_PATTERN = _LazyPattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_ID_PATTERN = _LazyPattern(r"(?P<branch>.+)_(?P<sha>[0-9a-f]{7})_(?P<timestamp>\d{14})")
+_SHA_PATTERN = _LazyPattern(r"[0-9a-f]{7,40}|[0-9a-f]{64}")
+_ENVIRONMENT_PATTERN = _LazyPattern(r"[a-z][a-z0-9_-]{0,62}")
+_RUN_ID_PATTERN = _LazyPattern(r"[0-9]{1,20}")
+_URL_PATTERN = _LazyPattern(r"https?://[^\s\x00-\x1f\x7f]+")
+_UNSAFE_TAG_CHARACTERS = _LazyPattern(r"[^A-Za-z0-9_.-]+")
 # What git check-ref-format refuses in a branch name.
-BAD_BRANCH_PATTERN = LazyPattern(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)")
-CONTROL_CHARACTERS = LazyPattern(r"[\x00-\x1f\x7f-\x9f]")
-NOTE_CONTROL_CHARACTERS = LazyPattern(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-TIMESTAMP_FORMAT = "%Y%m%d%H%M%S"
-# Bytes a file: URI carries as they are (the rest are %-escaped).
-URI_SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
-ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-SHORT_SHA_LENGTH = 7
-# 128 - len("_") - 7 (short sha) - len("_") - 14 (timestamp)
-MAX_BRANCH_PART = 105
-BRANCH_HASH_LENGTH = 8
-MAX_LENGTHS = {
-    "branch": 1000,
-    "actor": 100,
-    "verified_by": 100,
-    "run_url": 2048,
-    "note": 4000,
-    "reason": 1000,
-}
+_BAD_BRANCH_PATTERN = _LazyPattern(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)")
+# Controls, and the marks that reorder displayed text (bidi): `hotfix/\u202edexif-ton`
+# would show as `hotfix/not-fixed`.
+_INVISIBLE = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_CONTROL_CHARACTERS = _LazyPattern(f"[\\x00-\\x1f\\x7f-\\x9f{_INVISIBLE}]")
+_NOTE_CONTROL_CHARACTERS = _LazyPattern(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_INVISIBLE}]")
+# What a terminal, a log or a summary must never receive raw from a stored value:
+# controls (ESC starts CSI/OSC sequences), bidi marks, and unpaired surrogates.
+_UNSHOWABLE = _LazyPattern(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_INVISIBLE}\\ud800-\\udfff]")
+_UNSHOWABLE_IN_A_LINE = _LazyPattern(f"[\\x00-\\x1f\\x7f-\\x9f{_INVISIBLE}\\ud800-\\udfff]")
 
-TABLE_FORMATS = (
-    "plain",
-    "simple",
-    "github",
-    "grid",
-    "simple_grid",
-    "rounded_grid",
-    "heavy_grid",
-    "mixed_grid",
-    "double_grid",
-    "fancy_grid",
-    "outline",
-    "simple_outline",
-    "rounded_outline",
-    "heavy_outline",
-    "mixed_outline",
-    "double_outline",
-    "fancy_outline",
-    "pipe",
-    "orgtbl",
-    "jira",
-    "presto",
-    "pretty",
-    "psql",
-    "rst",
-    "mediawiki",
-    "moinmoin",
-    "youtrack",
-    "html",
-    "latex",
-    "latex_raw",
-    "latex_booktabs",
-    "latex_longtable",
-    "textile",
-    "tsv",
-)
-OUTPUT_FORMATS = ("table", "json", "csv", *TABLE_FORMATS)
-
-SELECT_DEPLOYMENT = "SELECT {columns} FROM deployments".format(  # noqa: S608 (constant columns)
+_SELECT_DEPLOYMENT = "SELECT {columns} FROM deployments".format(  # noqa: S608 (constant columns)
     columns=", ".join(FIELDS)
 )
-INSERT_DEPLOYMENT = "INSERT INTO deployments ({columns}) VALUES ({names})".format(  # noqa: S608
+_INSERT_DEPLOYMENT = "INSERT INTO deployments ({columns}) VALUES ({names})".format(  # noqa: S608
     columns=", ".join(FIELDS), names=", ".join(f":{field}" for field in FIELDS)
 )
-INSERT_EVENT = (
+_INSERT_EVENT = (
     "INSERT INTO events (deployment_id, status, at, by, note)"
     " VALUES (:deployment_id, :status, :at, :by, :note)"
 )
-SELECT_EVENTS = "SELECT at, status, by, note FROM events WHERE deployment_id = ? ORDER BY seq"
-SELECT_FIRST_STATUS = "SELECT status FROM events WHERE deployment_id = ? ORDER BY seq LIMIT 1"
-SELECT_SCHEMA_STATE = (
+_SELECT_EVENTS = "SELECT at, status, by, note FROM events WHERE deployment_id = ? ORDER BY seq"
+_SELECT_FIRST_STATUS = "SELECT status FROM events WHERE deployment_id = ? ORDER BY seq LIMIT 1"
+_SELECT_SCHEMA_STATE = (
     "SELECT (SELECT * FROM pragma_application_id()), (SELECT * FROM pragma_user_version()),"
-    " (SELECT count(*) FROM sqlite_master)"
+    " (SELECT group_concat(type || ' ' || name || ' ' || tbl_name || ' ' || coalesce(sql, ''),"
+    " char(30)) FROM (SELECT * FROM sqlite_master ORDER BY type, name))"
 )
-SELECT_RUNNING = SELECT_DEPLOYMENT + " WHERE environment = ? ORDER BY seq DESC LIMIT 1"
-SELECT_LATEST_WITH_STATUS = (
-    SELECT_DEPLOYMENT + " WHERE environment = ? AND status = ? ORDER BY seq DESC LIMIT 1"
+_SELECT_BY_ID = _SELECT_DEPLOYMENT + " WHERE id = ?"
+# Ids are Docker tags, and '~' sorts after every character a tag may hold.
+_SELECT_IDS_WITH_PREFIX = (
+    "SELECT id, environment FROM deployments WHERE id >= :prefix AND id < :prefix || '~'"
+    " ORDER BY id LIMIT :limit"
 )
-SELECT_ROLLBACK_CANDIDATE = (
-    SELECT_DEPLOYMENT + " WHERE environment = ? AND status = 'verified' AND image_tag != ?"
+_SELECT_IDS_OF_COMMIT = (
+    "SELECT id, environment FROM deployments"
+    " WHERE commit_sha >= :prefix AND commit_sha < :prefix || 'g'"
+    " AND (:environment IS NULL OR environment = :environment) ORDER BY seq DESC LIMIT :limit"
+)
+_SELECT_NEWEST_IDS = "SELECT id FROM deployments ORDER BY seq DESC LIMIT ?"
+_SELECT_RUNNING = _SELECT_DEPLOYMENT + " WHERE environment = ? ORDER BY seq DESC LIMIT 1"
+_SELECT_LATEST_WITH_STATUS = (
+    _SELECT_DEPLOYMENT + " WHERE environment = ? AND status = ? ORDER BY seq DESC LIMIT 1"
+)
+_SELECT_ROLLBACK_CANDIDATE = (
+    _SELECT_DEPLOYMENT + " WHERE environment = ? AND status = 'verified' AND image_tag != ?"
     " AND blocked = 0 ORDER BY seq DESC LIMIT 1"
 )
-
-# Control: blocking, promotion gates, retention, notifications.
-# Events that record an action on a deployment without changing its status.
-BLOCKED_EVENT = "blocked"
-UNBLOCKED_EVENT = "unblocked"
-GATE_OVERRIDE_EVENT = "gate_overridden"
-CONTROL_EVENTS = (BLOCKED_EVENT, UNBLOCKED_EVENT, GATE_OVERRIDE_EVENT)
-# Promotion gates, SOURCE:TARGET[,...]: TARGET only receives images verified in SOURCE.
-GATES_ENV_VAR = "DEPLOYMENT_TRACKER_GATES"
-DEFAULT_GATES = "staging:production"
-NO_GATES = "none"
-WEBHOOK_ENV_VAR = "DEPLOYMENT_TRACKER_WEBHOOK_URL"
-NOTIFY_EVENTS = ("verification-failed", "rollback", "rollback-failed")
-NOTIFY_TIMEOUT_SECONDS = 10.0
-NOTIFY_RETRIES = 3
-NOTIFY_RETRY_DELAY_SECONDS = 2.0
-SELECT_GATE_PASS = (
-    SELECT_DEPLOYMENT + " WHERE environment = ? AND image_tag = ? AND status = 'verified'"
+# The deployment that first shipped an image in an environment (and was good).
+_SELECT_FIRST_SHIPPED = (
+    _SELECT_DEPLOYMENT + " WHERE environment = ? AND image_tag = ? AND verified_at IS NOT NULL"
+    " ORDER BY seq LIMIT 1"
+)
+_SELECT_GATE_PASS = (
+    _SELECT_DEPLOYMENT + " WHERE environment = ? AND image_tag = ? AND status = 'verified'"
     " AND blocked = 0 ORDER BY seq DESC LIMIT 1"
 )
-SELECT_GATE_SAME_COMMIT = (
-    SELECT_DEPLOYMENT + " WHERE environment = ? AND commit_sha = ? AND status = 'verified'"
+_SELECT_VERIFIED_COMMIT = (
+    _SELECT_DEPLOYMENT + " WHERE commit_sha = ? AND environment = ? AND status = 'verified'"
     " AND blocked = 0 ORDER BY seq DESC LIMIT 1"
 )
-SELECT_PROMOTION_CANDIDATE = (
-    SELECT_DEPLOYMENT + " WHERE environment = ? AND status = 'verified' AND blocked = 0"
+_SELECT_VERIFIED_COMMIT_PREFIX = (
+    _SELECT_DEPLOYMENT + " WHERE commit_sha >= :prefix AND commit_sha < :prefix || 'g'"
+    " AND environment = :environment AND status = 'verified' AND blocked = 0"
+    " ORDER BY seq DESC LIMIT 50"
+)
+_SELECT_PROMOTION_CANDIDATE = (
+    _SELECT_DEPLOYMENT + " WHERE environment = ? AND status = 'verified' AND blocked = 0"
     " ORDER BY seq DESC LIMIT 1"
 )
-SELECT_PRUNE_ROWS = (
-    "SELECT seq, id, environment, status, image_tag, blocked, rollback_of, promoted_from"
-    " FROM deployments ORDER BY seq DESC"
-)
+# Distinct values of an indexed column without reading every row: hop from
+# each value to the next one through the index.
+_SELECT_DISTINCT = """
+    WITH RECURSIVE hop(value) AS (
+        SELECT min({column}) FROM deployments WHERE {column} >= :prefix
+        UNION ALL
+        SELECT (SELECT min({column}) FROM deployments WHERE {column} > hop.value)
+        FROM hop WHERE hop.value IS NOT NULL AND hop.value < :prefix || '\U0010ffff'
+    )
+    SELECT value FROM hop
+    WHERE value IS NOT NULL AND value < :prefix || '\U0010ffff' LIMIT :limit
+"""
+
+# Promotion gates, SOURCE:TARGET[,...]: TARGET only receives images verified in SOURCE.
+DEFAULT_GATES = "staging:production"
+NO_GATES = "none"
 
 # Insight: DORA figures (stats) and the timeline picture.
 DEFAULT_SINCE = "30d"
-SINCE_PATTERN = LazyPattern(r"(?P<amount>[0-9]{1,5})(?P<unit>[hdw])")
-SINCE_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+_SINCE_PATTERN = _LazyPattern(r"(?P<amount>[0-9]{1,5})(?P<unit>[hdw])")
+_SINCE_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 TIMELINE_FORMATS = ("mermaid", "markdown", "html")
 STATS_FIELDS = (
     "environment",
@@ -272,14 +273,14 @@ STATUS_COLOURS = {
     "rolled_back": ("#8c959f", "#57606a"),
 }
 ROLLBACK_COLOUR = "#8250df"
-TIMELINE_WIDTH = 1200
-TIMELINE_LABEL_WIDTH = 175
-TIMELINE_LANE_HEIGHT = 100
+_TIMELINE_WIDTH = 1200
+_TIMELINE_LABEL_WIDTH = 175
+_TIMELINE_LANE_HEIGHT = 100
 # Marks closer than the gap (px) stack into rows below one another.
-TIMELINE_MARK_GAP = 13
-TIMELINE_ROWS = 3
-TIMELINE_ROW_HEIGHT = 14
-TIMELINE_STYLE = """
+_TIMELINE_MARK_GAP = 13
+_TIMELINE_ROWS = 3
+_TIMELINE_ROW_HEIGHT = 14
+_TIMELINE_STYLE = """
 body{font:14px/1.45 -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#1f2328;
 margin:24px;background:#fff}
 h1{font-size:20px;margin:0 0 4px}
@@ -299,11 +300,10 @@ svg text.muted{fill:#57606a}
 .restore.earlier{stroke-dasharray:5 3}
 """
 # A Mermaid label keeps these characters; any other becomes an entity code (#NNN;).
-MERMAID_SAFE_CHARACTER = LazyPattern(r"[A-Za-z0-9 _./:@+,=-]")
-SELECT_ENVIRONMENTS = "SELECT DISTINCT environment FROM deployments ORDER BY environment"
+_MERMAID_SAFE_CHARACTER = _LazyPattern(r"[A-Za-z0-9 _./:@+,=-]")
 # A change is a deployment that is not a rollback; it failed if its
 # verification failed or it was rolled back. The window is on deployed_at.
-SELECT_STATS_COUNTS = """
+_SELECT_STATS_COUNTS = """
     SELECT coalesce(sum(rollback_of IS NULL), 0), coalesce(sum(rollback_of IS NOT NULL), 0),
         coalesce(sum(rollback_of IS NULL AND status IN ('failed', 'rolled_back')), 0)
     FROM deployments
@@ -311,7 +311,7 @@ SELECT_STATS_COUNTS = """
 """
 # Per failed change: seconds until the next deployment in its environment that
 # was verified (NULL while there is none).
-SELECT_RESTORE_SECONDS = """
+_SELECT_RESTORE_SECONDS = """
     SELECT CAST(strftime('%s', (
             SELECT restore.verified_at FROM deployments AS restore
             WHERE restore.environment = failure.environment AND restore.seq > failure.seq
@@ -325,7 +325,7 @@ SELECT_RESTORE_SECONDS = """
         AND failure.status IN ('failed', 'rolled_back')
     ORDER BY failure.seq
 """
-SELECT_LEAD_SECONDS = """
+_SELECT_LEAD_SECONDS = """
     SELECT CAST(strftime('%s', verified_at) AS INTEGER)
         - CAST(strftime('%s', committed_at) AS INTEGER)
     FROM deployments
@@ -334,43 +334,9 @@ SELECT_LEAD_SECONDS = """
         AND status IN ('verified', 'rolled_back')
 """
 
-# History on a git branch (with-history).
-HISTORY_REMOTE = "origin"
-HISTORY_BRANCH = "deployment-history"
-HISTORY_FILE = "deployments.db"
-HISTORY_ATTEMPTS = 10
-HISTORY_BACKOFF_SECONDS = 0.5
-HISTORY_MAX_BACKOFF_SECONDS = 8.0
-HISTORY_REMOTE_ENV = "DEPLOYMENT_HISTORY_REMOTE"
-HISTORY_BRANCH_ENV = "DEPLOYMENT_HISTORY_BRANCH"
-# A token for https remotes, sent as an http.extraheader through git's
-# GIT_CONFIG_* environment: never written to .git/config nor put on a command line.
-HISTORY_TOKEN_ENV = "DEPLOYMENT_HISTORY_TOKEN"  # noqa: S105 (a variable name, not a secret)
-# Commands that only read: they never push, and need the branch to exist.
-HISTORY_READ_COMMANDS = frozenset(
-    {"list", "latest", "get", "rollback-target", "promote", "stats", "timeline"}
-)
-HISTORY_FALLBACK_IDENTITY = {
-    "GIT_AUTHOR_NAME": "deployment-tracker",
-    "GIT_AUTHOR_EMAIL": "deployment-tracker@users.noreply.github.com",
-    "GIT_COMMITTER_NAME": "deployment-tracker",
-    "GIT_COMMITTER_EMAIL": "deployment-tracker@users.noreply.github.com",
-}
-HISTORY_README = f"""\
-# Deployment history
-
-This branch holds `{HISTORY_FILE}`, the SQLite database of every deployment,
-written only by `deployment-tracker with-history`. Each commit is one change.
-Read it with:
-
-    git fetch origin {HISTORY_BRANCH}
-    git show origin/{HISTORY_BRANCH}:{HISTORY_FILE} > deployments.db
-    deployment-tracker --db deployments.db list --all
-"""
-
-# --------------------------------------------------------------------------
-# Exceptions
-# --------------------------------------------------------------------------
+# ==========================================================================
+# Errors
+# ==========================================================================
 
 
 class TrackerError(Exception):
@@ -388,7 +354,7 @@ class Refused(TrackerError):
 
 
 class DatabaseProblem(TrackerError):
-    """The database is missing, unreadable, corrupt or from a newer version."""
+    """The database is missing, unreadable, corrupt, foreign or from a newer version."""
 
 
 class InvalidInput(TrackerError):
@@ -397,13 +363,9 @@ class InvalidInput(TrackerError):
     exit_code = 2
 
 
-class GitFailure(Exception):
-    """A git command failed; worth another attempt after a backoff."""
-
-
-# --------------------------------------------------------------------------
+# ==========================================================================
 # Migrations
-# --------------------------------------------------------------------------
+# ==========================================================================
 
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[Migration] = []
@@ -512,7 +474,28 @@ def m003_list_filter_indexes(db: sqlite3.Connection) -> None:
     )
 
 
-def schema_version(db: sqlite3.Connection) -> int:
+@migration
+def m004_gate_bypasses_and_commits(db: sqlite3.Connection) -> None:
+    """A mark on deployments recorded past a promotion gate, and lookups by commit and image.
+
+    Earlier versions refused such records unless overridden; their override
+    events ('gate_overridden') become the mark.
+    """
+    db.execute(
+        "ALTER TABLE deployments ADD COLUMN gate_bypassed INTEGER NOT NULL DEFAULT 0"
+        " CHECK (gate_bypassed IN (0, 1))"
+    )
+    db.execute(
+        "UPDATE deployments SET gate_bypassed = 1"
+        " WHERE id IN (SELECT deployment_id FROM events WHERE status = 'gate_overridden')"
+    )
+    db.execute("CREATE INDEX deployments_by_commit ON deployments (commit_sha, environment, seq)")
+    db.execute(
+        "CREATE INDEX deployments_by_environment_image ON deployments (environment, image_tag, seq)"
+    )
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
     version: int = db.execute("PRAGMA user_version").fetchone()[0]
     return version
 
@@ -524,23 +507,36 @@ def migrate(db: sqlite3.Connection) -> None:
     create the same database apply each migration exactly once.
     """
     for number, step in enumerate(MIGRATIONS, start=1):
-        if schema_version(db) >= number:
+        if _schema_version(db) >= number:
             continue
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if schema_version(db) < number:
+        with transaction(db):
+            if _schema_version(db) < number:
                 step(db)
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {number}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
 
-# --------------------------------------------------------------------------
-# Data layer
-# --------------------------------------------------------------------------
+def _expected_schema(version: int) -> str:
+    """sqlite_master as migrations 1..version leave it (as _SELECT_SCHEMA_STATE reads it)."""
+    scratch = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for step in MIGRATIONS[:version]:
+            step(scratch)
+        expected: str = scratch.execute(_SELECT_SCHEMA_STATE).fetchone()[2]
+    finally:
+        scratch.close()
+    return _normalised_schema(expected)
+
+
+def _normalised_schema(listing: Optional[str]) -> str:
+    """The schema listing with whitespace runs collapsed: SQLite versions differ in how
+    ALTER TABLE spaces the statements it rewrites, never in what they declare."""
+    return " ".join((listing or "").split())
+
+
+# ==========================================================================
+# Validation and ids
+# ==========================================================================
 
 Record = dict[str, Any]
 
@@ -553,13 +549,14 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime(ISO_FORMAT)
 
 
-def describe(value: str) -> str:
+def _describe(value: str) -> str:
     """Show a rejected value safely: escaped and short."""
-    shown = repr(value)
+    shown = ascii(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def check_text(name: str, value: str, *, multiline: bool = False) -> str:
+    """Free text: valid UTF-8, not blank, within its length, no control or bidi characters."""
     if "\x00" in value:
         raise InvalidInput(f"{name} must not contain NUL bytes")
     try:
@@ -571,17 +568,36 @@ def check_text(name: str, value: str, *, multiline: bool = False) -> str:
         raise InvalidInput(f"{name} is too long ({len(value)} characters, at most {limit})")
     if not value.strip():
         raise InvalidInput(f"{name} must not be empty")
-    controls = NOTE_CONTROL_CHARACTERS if multiline else CONTROL_CHARACTERS
+    controls = _NOTE_CONTROL_CHARACTERS if multiline else _CONTROL_CHARACTERS
     if controls.search(value):
-        raise InvalidInput(f"{name} must not contain control characters: {describe(value)}")
+        raise InvalidInput(
+            f"{name} must not contain control or bidi characters: {_describe(value)}"
+        )
     return value
 
 
+def storable_note(value: str) -> str:
+    """A note as it can be stored whatever it held: what a check answered is evidence,
+    and a verification result must never be lost over its note. Control and bidi
+    characters and undecodable bytes become escapes; too long is cut."""
+
+    def escape(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code & 0xFF:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+    text = _NOTE_CONTROL_CHARACTERS.sub(escape, value)
+    text = re.sub("[\ud800-\udfff]", escape, text)
+    limit = MAX_LENGTHS["note"]
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return text if text.strip() else "(empty)"
+
+
 def check_environment(value: str) -> str:
-    if not ENVIRONMENT_PATTERN.fullmatch(value):
+    if not _ENVIRONMENT_PATTERN.fullmatch(value):
         raise InvalidInput(
             f"environment must be lowercase letters, digits, '-' or '_',"
-            f" starting with a letter: {describe(value)}"
+            f" starting with a letter: {_describe(value)}"
         )
     return value
 
@@ -589,53 +605,62 @@ def check_environment(value: str) -> str:
 def check_branch(value: str) -> str:
     check_text("branch", value)
     if (
-        BAD_BRANCH_PATTERN.search(value)
+        _BAD_BRANCH_PATTERN.search(value)
         or value.startswith(("-", "/", "."))
         or value.endswith(("/", "."))
         or value == "@"
     ):
-        raise InvalidInput(f"branch is not a valid git branch name: {describe(value)}")
+        raise InvalidInput(f"branch is not a valid git branch name: {_describe(value)}")
     return value
 
 
 def check_sha(value: str) -> str:
-    if not SHA_PATTERN.fullmatch(value):
+    if not _SHA_PATTERN.fullmatch(value):
         raise InvalidInput(
-            f"commit must be 7 to 40 (or 64) lowercase hex characters: {describe(value)}"
+            f"commit must be 7 to 40 (or 64) lowercase hex characters: {_describe(value)}"
         )
     return value
 
 
 def check_image_tag(value: str) -> str:
-    if not TAG_PATTERN.fullmatch(value):
-        raise InvalidInput(f"image tag is not a valid Docker tag: {describe(value)}")
+    if not _TAG_PATTERN.fullmatch(value):
+        raise InvalidInput(f"image tag is not a valid Docker tag: {_describe(value)}")
     return value
 
 
 def check_run_id(value: str) -> str:
-    if not RUN_ID_PATTERN.fullmatch(value):
-        raise InvalidInput(f"run id must be a number: {describe(value)}")
+    if not _RUN_ID_PATTERN.fullmatch(value):
+        raise InvalidInput(f"run id must be a number: {_describe(value)}")
     return value
 
 
 def check_run_url(value: str) -> str:
     check_text("run_url", value)
-    if not URL_PATTERN.fullmatch(value):
-        raise InvalidInput(f"run URL must be an http(s) URL: {describe(value)}")
+    if not _URL_PATTERN.fullmatch(value):
+        raise InvalidInput(f"run URL must be an http(s) URL: {_describe(value)}")
     return value
 
 
-def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise InvalidInput(f"{name} must be one of {', '.join(choices)}: {describe(value)}")
+def check_id(deployment_id: str) -> str:
+    """A full deployment id (its time is not checked: it names something recorded)."""
+    if not _ID_PATTERN.fullmatch(deployment_id) or not _TAG_PATTERN.fullmatch(deployment_id):
+        raise InvalidInput(
+            f"deployment id must look like BRANCH_SHA7_YYYYmmddHHMMSS: {_describe(deployment_id)}"
+        )
+    return deployment_id
+
+
+def check_id_or_prefix(value: str) -> str:
+    """A full id, the start of one, or a commit's short sha: all are tag characters."""
+    if not _TAG_PATTERN.fullmatch(value):
+        raise InvalidInput(
+            f"deployment id (or a unique start of one) must be a Docker tag: {_describe(value)}"
+        )
     return value
 
 
-def check_fields(**values: Optional[str]) -> None:
-    """Validate each given field with its rule; None means not given."""
-    for name, value in values.items():
-        if value is not None:
-            FIELD_CHECKS[name](value)
+def _is_full_id(value: str) -> bool:
+    return bool(_ID_PATTERN.fullmatch(value))
 
 
 def parse_timestamp(value: str, *, name: str) -> datetime:
@@ -646,12 +671,63 @@ def parse_timestamp(value: str, *, name: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidInput(f"{name} is not an ISO 8601 time: {describe(value)}") from None
+        raise InvalidInput(f"{name} is not an ISO 8601 time: {_describe(value)}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     if moment > utc_now() + FUTURE_TOLERANCE:
-        raise InvalidInput(f"{name} is in the future: {describe(value)}")
+        raise InvalidInput(f"{name} is in the future: {_describe(value)}")
     return moment
+
+
+def parse_since(value: str, now: datetime) -> datetime:
+    """A window's start: a span back from now (`12h`, `30d`, `2w`) or an ISO 8601 date/time."""
+    text = value.strip()
+    match = _SINCE_PATTERN.fullmatch(text)
+    if match:
+        amount = int(match["amount"])
+        if amount == 0:
+            raise InvalidInput(f"since must be a span longer than zero: {_describe(value)}")
+        return now - amount * _SINCE_UNITS[match["unit"]]
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        start = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(
+            f"since must be a span such as 30d, 12h or 2w, or an ISO 8601 date or time:"
+            f" {_describe(value)}"
+        ) from None
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=timezone.utc)
+    if start >= now:
+        raise InvalidInput(f"since must be before now ({iso(now)}): {_describe(value)}")
+    return start
+
+
+def parse_gates(text: Optional[str]) -> dict[str, str]:
+    """Parse `SOURCE:TARGET[,SOURCE:TARGET...]` into {target: source}.
+
+    Unset or empty means the default (staging:production), so a blank CI
+    variable never opens the gate by accident; only 'none' turns gates off.
+    """
+    text = (text or "").strip() or DEFAULT_GATES
+    if text.lower() == NO_GATES:
+        return {}
+    gates: dict[str, str] = {}
+    for pair in text.split(","):
+        source, _, target = (part.strip() for part in pair.partition(":"))
+        if not (
+            _ENVIRONMENT_PATTERN.fullmatch(source)
+            and _ENVIRONMENT_PATTERN.fullmatch(target)
+            and source != target
+            and target not in gates
+        ):
+            raise InvalidInput(
+                f"gates must be SOURCE:TARGET pairs of different environments, one source"
+                f" per target, separated by commas (or 'none'): {_describe(text)}"
+            )
+        gates[target] = source
+    return gates
 
 
 def sanitise_branch(branch: str) -> str:
@@ -660,7 +736,7 @@ def sanitise_branch(branch: str) -> str:
     Unsafe characters become '-'; a name too long for the tag is cut and given
     a hash of the full name, so two long branches never share a prefix tag.
     """
-    part = UNSAFE_TAG_CHARACTERS.sub("-", branch)
+    part = _UNSAFE_TAG_CHARACTERS.sub("-", branch)
     part = re.sub(r"-{2,}", "-", part).lstrip(".-")
     # Judge the raw name: sanitising can shrink two long names to one short tag.
     if part and len(branch) <= MAX_BRANCH_PART:
@@ -680,16 +756,14 @@ def make_id(branch: str, commit_sha: str, moment: datetime) -> str:
 
 def parse_id(deployment_id: str) -> tuple[str, str, datetime]:
     """Split an id into branch part, short sha and time, reading from the right."""
-    match = ID_PATTERN.fullmatch(deployment_id)
-    if not match or not TAG_PATTERN.fullmatch(deployment_id):
-        raise InvalidInput(
-            f"deployment id must look like BRANCH_SHA7_YYYYmmddHHMMSS: {describe(deployment_id)}"
-        )
+    check_id(deployment_id)
+    match = _ID_PATTERN.fullmatch(deployment_id)
+    assert match is not None
     try:
         moment = datetime.strptime(match["timestamp"], TIMESTAMP_FORMAT)
     except ValueError:
         raise InvalidInput(
-            f"deployment id has an impossible time: {describe(deployment_id)}"
+            f"deployment id has an impossible time: {_describe(deployment_id)}"
         ) from None
     moment = moment.replace(tzinfo=timezone.utc)
     if moment > utc_now() + FUTURE_TOLERANCE:
@@ -697,34 +771,87 @@ def parse_id(deployment_id: str) -> tuple[str, str, datetime]:
     return match["branch"], match["sha"], moment
 
 
-def check_id(deployment_id: str) -> str:
-    """Validate an id given to look something up (its time is not checked)."""
-    if not ID_PATTERN.fullmatch(deployment_id) or not TAG_PATTERN.fullmatch(deployment_id):
-        raise InvalidInput(
-            f"deployment id must look like BRANCH_SHA7_YYYYmmddHHMMSS: {describe(deployment_id)}"
-        )
-    return deployment_id
+@dataclass(frozen=True)
+class RecordRequest:
+    """What `record` is asked to store: checked whole when it is made, so the data
+    layer can trust it. A rollback (`rollback_of`) or a promotion (`promoted_from`)
+    takes branch, commit and image from the deployment it names."""
+
+    environment: str
+    branch: Optional[str] = None
+    commit_sha: Optional[str] = None
+    image_tag: Optional[str] = None
+    deployment_id: Optional[str] = None
+    status: str = "deployed"
+    actor: Optional[str] = None
+    run_id: Optional[str] = None
+    run_url: Optional[str] = None
+    rollback_of: Optional[str] = None
+    note: Optional[str] = None
+    committed_at: Optional[str] = None
+    promoted_from: Optional[str] = None
+    # Why it was deployed past a promotion gate, when someone said.
+    gate_reason: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_environment(self.environment)
+        if self.status not in RECORD_STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(RECORD_STATUSES)}")
+        for value, check in (
+            (self.branch, check_branch),
+            (self.commit_sha, check_sha),
+            (self.image_tag, check_image_tag),
+            (self.deployment_id, parse_id),
+            (self.actor, lambda value: check_text("actor", value)),
+            (self.run_id, check_run_id),
+            (self.run_url, check_run_url),
+            (self.rollback_of, check_id),
+            (self.promoted_from, check_id),
+            (self.note, lambda value: check_text("note", value, multiline=True)),
+            (self.gate_reason, lambda value: check_text("reason", value)),
+        ):
+            if value is not None:
+                check(value)
+        if self.rollback_of is not None and self.promoted_from is not None:
+            raise InvalidInput("a deployment is a rollback or a promotion, not both")
+        if (
+            self.rollback_of is None
+            and self.promoted_from is None
+            and not (self.branch and self.commit_sha)
+        ):
+            raise InvalidInput(
+                "--branch and --commit are required (unless --rollback-of or --promoted-from"
+                " is given)"
+            )
+        if self.deployment_id is not None and self.commit_sha is not None:
+            id_sha = parse_id(self.deployment_id)[1]
+            if not self.commit_sha.startswith(id_sha):
+                raise InvalidInput(
+                    f"deployment id {self.deployment_id} names commit {id_sha},"
+                    f" not {self.commit_sha[:SHORT_SHA_LENGTH]}"
+                )
+        if self.committed_at is not None:
+            stamp = iso(parse_timestamp(self.committed_at, name="commit time"))
+            object.__setattr__(self, "committed_at", stamp)
 
 
-FIELD_CHECKS: dict[str, Callable[[str], str]] = {
-    "branch": check_branch,
-    "commit_sha": check_sha,
-    "image_tag": check_image_tag,
-    "actor": lambda value: check_text("actor", value),
-    "verified_by": lambda value: check_text("verified_by", value),
-    "run_id": check_run_id,
-    "run_url": check_run_url,
-    "rollback_of": check_id,
-    "promoted_from": check_id,
-    "note": lambda value: check_text("note", value, multiline=True),
-}
+# ==========================================================================
+# Connection and transactions
+# ==========================================================================
 
 
-def connect(path: str, *, write: bool) -> sqlite3.Connection:
+def connect(
+    path: str,
+    *,
+    write: bool,
+    max_bytes: int = MAX_DATABASE_BYTES,
+    deadline_seconds: float = QUERY_DEADLINE_SECONDS,
+) -> sqlite3.Connection:
     """Open the database, creating and migrating it only for a write.
 
-    Reading never creates a file. A file that is not ours, or comes from a
-    newer version of this tool, is refused before anything touches it.
+    Reading never creates a file. A file that is not ours (another schema, an
+    extra trigger or view), too large, or from a newer version of this tool
+    is refused before anything runs on it; every query runs under a deadline.
     """
     # The path as pathlib would see it (no trailing '/'; '' is the current
     # folder), without importing pathlib: start-up time counts.
@@ -734,6 +861,11 @@ def connect(path: str, *, write: bool) -> sqlite3.Connection:
     exists = os.path.exists(location)
     if not exists and not write:
         raise DatabaseProblem(f"no database at {path} (record a deployment first, or pass --db)")
+    if exists and os.path.getsize(location) > max_bytes:
+        raise DatabaseProblem(
+            f"{path} is {os.path.getsize(location):,} bytes, more than the {max_bytes:,}"
+            " a deployment database may hold; refusing to open it"
+        )
     try:
         if write:
             if not exists:
@@ -744,11 +876,12 @@ def connect(path: str, *, write: bool) -> sqlite3.Connection:
         else:
             # mode=rw never creates the file; SQLite falls back to read-only
             # by itself when the file is write-protected.
-            db = open_uri(location, "mode=rw")
+            db = _open_uri(location, "mode=rw")
     except (sqlite3.Error, OSError) as error:
         raise DatabaseProblem(f"cannot open database {path}: {error}") from None
+    _set_deadline(db, deadline_seconds)
     try:
-        check_schema(db, path, write=write)
+        _check_schema(db, path, write=write)
     except DatabaseProblem:
         db.close()
         if (
@@ -766,9 +899,10 @@ def connect(path: str, *, write: bool) -> sqlite3.Connection:
                 f"{wal} holds commits not yet in {path} and the folder is read-only;"
                 " open it once where it is writable"
             ) from None
-        db = open_uri(location, "mode=ro&immutable=1")
+        db = _open_uri(location, "mode=ro&immutable=1")
+        _set_deadline(db, deadline_seconds)
         try:
-            check_schema(db, path, write=False)
+            _check_schema(db, path, write=False)
         except BaseException:
             db.close()
             raise
@@ -778,7 +912,7 @@ def connect(path: str, *, write: bool) -> sqlite3.Connection:
     return db
 
 
-def open_uri(location: str, query: str) -> sqlite3.Connection:
+def _open_uri(location: str, query: str) -> sqlite3.Connection:
     """Open `location` by a file: URI, as pathlib's resolve().as_uri() would spell it."""
     if os.name == "nt":
         from pathlib import Path
@@ -787,24 +921,38 @@ def open_uri(location: str, query: str) -> sqlite3.Connection:
     else:
         absolute = os.fsencode(os.path.realpath(location))
         address = "file://" + "".join(
-            chr(byte) if byte in URI_SAFE_BYTES else f"%{byte:02X}" for byte in absolute
+            chr(byte) if byte in _URI_SAFE_BYTES else f"%{byte:02X}" for byte in absolute
         )
     uri = f"{address}?{query}"
     return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
 
 
-def check_schema(db: sqlite3.Connection, path: str, *, write: bool) -> None:
+def _set_deadline(db: sqlite3.Connection, seconds: float) -> None:
+    """Interrupt any statement still running `seconds` after the connection opened."""
+    import time
+
+    limit = time.monotonic() + seconds
+
+    def past_deadline() -> int:
+        return 1 if time.monotonic() > limit else 0
+
+    db.set_progress_handler(past_deadline, 20_000)
+
+
+def _check_schema(db: sqlite3.Connection, path: str, *, write: bool) -> None:
     try:
+        # Functions in a crafted schema (views, triggers, defaults) must not run.
+        db.execute("PRAGMA trusted_schema = OFF")
         # One statement, so one snapshot: another process may be creating the
         # schema between two separate reads.
-        application_id, version, has_tables = db.execute(SELECT_SCHEMA_STATE).fetchone()
+        application_id, version, listing = db.execute(_SELECT_SCHEMA_STATE).fetchone()
     except sqlite3.OperationalError as error:
         # I/O, permissions or a full disk: the file may be fine, so don't call it broken.
         raise DatabaseProblem(f"cannot use database {path}: {error}") from None
     except sqlite3.DatabaseError as error:
         raise DatabaseProblem(f"{path} is not a readable deployment database ({error})") from None
     if application_id not in (0, APPLICATION_ID) or (
-        application_id == 0 and version == 0 and has_tables
+        application_id == 0 and version == 0 and listing
     ):
         raise DatabaseProblem(f"{path} is a SQLite database, but not a deployment database")
     if version > len(MIGRATIONS):
@@ -812,34 +960,39 @@ def check_schema(db: sqlite3.Connection, path: str, *, write: bool) -> None:
             f"{path} has schema version {version}, newer than this tool knows"
             f" ({len(MIGRATIONS)}); upgrade deployment-tracker"
         )
+    if listing and _normalised_schema(listing) != _expected_schema(version):
+        raise DatabaseProblem(
+            f"{path} does not have exactly the schema of version {version} (an extra"
+            " or changed table, index, view or trigger); refusing to use it"
+        )
     if version == len(MIGRATIONS):
         if write:
-            prepare_for_writes(db, path)
+            _prepare_for_writes(db, path)
         return
     if not write:
         raise DatabaseProblem(
             f"{path} has schema version {version}; any write command"
             f" (e.g. record) upgrades it to {len(MIGRATIONS)}"
         )
-    prepare_for_writes(db, path)
+    _prepare_for_writes(db, path)
     try:
         migrate(db)
     except sqlite3.Error as error:
         raise DatabaseProblem(f"cannot upgrade {path}: {error}") from None
 
 
-def prepare_for_writes(db: sqlite3.Connection, path: str) -> None:
+def _prepare_for_writes(db: sqlite3.Connection, path: str) -> None:
     """WAL with a busy timeout lets writers queue instead of failing."""
     try:
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            switch_to_wal(db)
+            _switch_to_wal(db)
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
     except sqlite3.Error as error:
         raise DatabaseProblem(f"cannot write to {path}: {error}") from None
 
 
-def switch_to_wal(db: sqlite3.Connection) -> None:
+def _switch_to_wal(db: sqlite3.Connection) -> None:
     """Switch a new database to WAL, waiting out other processes doing the same.
 
     The switch needs an exclusive lock and SQLite answers "locked" at once
@@ -858,44 +1011,73 @@ def switch_to_wal(db: sqlite3.Connection) -> None:
             time.sleep(0.01)
 
 
-T = TypeVar("T")
-
-
-def write_transaction(db: sqlite3.Connection, action: Callable[[], T]) -> T:
-    """Run `action` in one BEGIN IMMEDIATE transaction: all of it or none."""
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One BEGIN IMMEDIATE transaction: all of the block's writes, or none."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        result = action()
+        yield db
     except BaseException:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-    return result
 
 
-def row_to_record(row: Sequence[Any]) -> Record:
+# ==========================================================================
+# Data layer: records
+# ==========================================================================
+
+
+def _row_to_record(row: Sequence[Any]) -> Record:
     record = dict(zip(FIELDS, row))
     record["blocked"] = bool(record["blocked"])
+    record["gate_bypassed"] = bool(record["gate_bypassed"])
     return record
 
 
-def find(db: sqlite3.Connection, deployment_id: str) -> Optional[Record]:
-    row = db.execute(SELECT_DEPLOYMENT + " WHERE id = ?", (deployment_id,)).fetchone()
-    return row_to_record(row) if row else None
+def _find(db: sqlite3.Connection, deployment_id: str) -> Optional[Record]:
+    row = db.execute(_SELECT_BY_ID, (deployment_id,)).fetchone()
+    return _row_to_record(row) if row else None
 
 
 def get_deployment(db: sqlite3.Connection, deployment_id: str) -> Record:
-    record = find(db, check_id(deployment_id))
+    record = _find(db, deployment_id)
     if record is None:
         raise NotFound(f"no deployment with id {deployment_id}")
     return record
 
 
+def resolve_id(db: sqlite3.Connection, given: str, environment: Optional[str] = None) -> str:
+    """The one deployment `given` names: its id, a unique start of an id, or the
+    short sha of a commit (within `environment`, when given). A full id is
+    only ever itself."""
+    if _is_full_id(given) or _find(db, given) is not None:
+        return given
+    limit = 11
+    rows = db.execute(_SELECT_IDS_WITH_PREFIX, {"prefix": given, "limit": limit}).fetchall()
+    if len(rows) > 1 and environment is not None:
+        rows = [row for row in rows if row[1] == environment] or rows
+    if not rows and _SHA_PATTERN.fullmatch(given):
+        rows = db.execute(
+            _SELECT_IDS_OF_COMMIT,
+            {"prefix": given, "environment": environment, "limit": limit},
+        ).fetchall()
+    if not rows:
+        where = f" in {environment}" if environment else ""
+        raise NotFound(f"no deployment{where} has an id or commit starting with {given}")
+    if len(rows) > 1:
+        shown = ", ".join(row[0] for row in rows[: limit - 1])
+        more = " and more" if len(rows) == limit else ""
+        raise Refused(f"{given} is ambiguous: it matches {shown}{more}")
+    found: str = rows[0][0]
+    return found
+
+
 def events(db: sqlite3.Connection, deployment_id: str) -> list[Record]:
-    return [dict(zip(EVENT_FIELDS, row)) for row in db.execute(SELECT_EVENTS, (deployment_id,))]
+    return [dict(zip(EVENT_FIELDS, row)) for row in db.execute(_SELECT_EVENTS, (deployment_id,))]
 
 
-def add_event(
+def _add_event(
     db: sqlite3.Connection,
     deployment_id: str,
     status: str,
@@ -904,216 +1086,143 @@ def add_event(
     note: Optional[str],
 ) -> None:
     db.execute(
-        INSERT_EVENT,
+        _INSERT_EVENT,
         {"deployment_id": deployment_id, "status": status, "at": at, "by": by, "note": note},
     )
 
 
 def running(db: sqlite3.Connection, environment: str) -> Optional[Record]:
     """The deployment running in an environment: the newest one recorded."""
-    row = db.execute(SELECT_RUNNING, (environment,)).fetchone()
-    return row_to_record(row) if row else None
-
-
-def check_record_input(
-    *,
-    environment: str,
-    branch: Optional[str] = None,
-    commit_sha: Optional[str] = None,
-    image_tag: Optional[str] = None,
-    deployment_id: Optional[str] = None,
-    status: str = "deployed",
-    actor: Optional[str] = None,
-    run_id: Optional[str] = None,
-    run_url: Optional[str] = None,
-    rollback_of: Optional[str] = None,
-    note: Optional[str] = None,
-    committed_at: Optional[str] = None,
-    promoted_from: Optional[str] = None,
-    override_gate: Optional[str] = None,
-) -> Optional[str]:
-    """Validate what `record` was given, before any file is touched.
-
-    Returns the commit time normalised to ISO 8601 UTC.
-    """
-    check_environment(environment)
-    check_choice("status", status, RECORD_STATUSES)
-    check_fields(
-        branch=branch,
-        commit_sha=commit_sha,
-        image_tag=image_tag,
-        actor=actor,
-        run_id=run_id,
-        run_url=run_url,
-        rollback_of=rollback_of,
-        note=note,
-        promoted_from=promoted_from,
-    )
-    if override_gate is not None:
-        check_text("reason", override_gate)
-    if rollback_of is not None and promoted_from is not None:
-        raise InvalidInput("a deployment is a rollback or a promotion, not both")
-    if rollback_of is None and promoted_from is None and (branch is None or commit_sha is None):
-        raise InvalidInput(
-            "--branch and --commit are required (unless --rollback-of or --promoted-from is given)"
-        )
-    if deployment_id is not None:
-        _, id_sha, _ = parse_id(deployment_id)
-        if commit_sha is not None and not commit_sha.startswith(id_sha):
-            raise InvalidInput(
-                f"deployment id {deployment_id} names commit {id_sha},"
-                f" not {commit_sha[:SHORT_SHA_LENGTH]}"
-            )
-    if committed_at is None:
-        return None
-    return iso(parse_timestamp(committed_at, name="commit time"))
+    row = db.execute(_SELECT_RUNNING, (environment,)).fetchone()
+    return _row_to_record(row) if row else None
 
 
 def record_deployment(
     db: sqlite3.Connection,
+    request: RecordRequest,
     *,
-    environment: str,
-    branch: Optional[str] = None,
-    commit_sha: Optional[str] = None,
-    image_tag: Optional[str] = None,
-    deployment_id: Optional[str] = None,
-    status: str = "deployed",
-    actor: Optional[str] = None,
-    run_id: Optional[str] = None,
-    run_url: Optional[str] = None,
-    rollback_of: Optional[str] = None,
-    note: Optional[str] = None,
-    committed_at: Optional[str] = None,
+    gates: dict[str, str],
     now: Optional[datetime] = None,
-    promoted_from: Optional[str] = None,
-    override_gate: Optional[str] = None,
-    gates: Optional[dict[str, str]] = None,
-    warn: Callable[[str], None] = lambda message: None,
-) -> tuple[Record, bool]:
-    """Record a deployment; returns it and whether it was new.
+) -> tuple[Record, bool, Optional[str]]:
+    """Record a deployment that happened; returns it, whether it was new, and the
+    objection of the promotion gate it went past (None if none).
 
     Recording the same id again with the same fields is a success that changes
-    nothing, so a retried CI step is safe. A rollback (`rollback_of`) takes the
-    target's branch, commit and image unless given, and marks the deployment it
-    replaces as rolled back. A promotion (`promoted_from`) takes them from the
-    verified deployment it promotes. Outside rollbacks, a gated environment
-    (`gates`, target -> source; default from $DEPLOYMENT_TRACKER_GATES) only
-    takes an image verified in its source, unless `override_gate` gives a reason.
+    nothing, so a retried CI step is safe. A rollback marks the deployment it
+    replaces as rolled back. The gate (`gates`: target -> source) never refuses
+    a fact: a deployment it would have kept out is stored with a
+    `gate_bypassed` event. Gates are enforced where the decision to deploy is
+    made: `promotion_candidate` and the workflow.
     """
-    gates = promotion_gates(os.environ.get(GATES_ENV_VAR)) if gates is None else gates
-    committed_at = check_record_input(
-        environment=environment,
-        branch=branch,
-        commit_sha=commit_sha,
-        image_tag=image_tag,
-        deployment_id=deployment_id,
-        status=status,
-        actor=actor,
-        run_id=run_id,
-        run_url=run_url,
-        rollback_of=rollback_of,
-        note=note,
-        committed_at=committed_at,
-        promoted_from=promoted_from,
-        override_gate=override_gate,
-    )
     moment = now or utc_now()
-
-    def insert() -> tuple[Record, bool]:
-        nonlocal branch, commit_sha, image_tag, deployment_id
-        target = None
-        if rollback_of is not None:
-            target = find(db, rollback_of)
-            if target is None:
-                raise NotFound(f"rollback target {rollback_of} does not exist")
-            if target["environment"] != environment:
-                raise Refused(
-                    f"rollback target {rollback_of} is in {target['environment']},"
-                    f" not {environment}"
-                )
-            if image_tag is not None and image_tag != target["image_tag"]:
-                raise InvalidInput(
-                    f"a rollback redeploys the target's image {target['image_tag']},"
-                    f" not {image_tag}"
-                )
-            branch = branch or target["branch"]
-            commit_sha = commit_sha or target["commit_sha"]
-            image_tag = target["image_tag"]
-        if promoted_from is not None:
-            source = promotion_source(db, promoted_from, environment, image_tag)
-            branch = branch or source["branch"]
-            commit_sha = commit_sha or source["commit_sha"]
-            image_tag = source["image_tag"]
-        assert branch is not None and commit_sha is not None
-        if deployment_id is None:
-            deployment_id = make_id(branch, commit_sha, moment)
-        record: Record = {
-            "id": deployment_id,
-            "environment": environment,
-            "branch": branch,
-            "commit_sha": commit_sha,
-            "image_tag": image_tag or deployment_id,
-            "status": status,
-            "deployed_at": iso(moment),
-            "verified_at": None,
-            "verified_by": None,
-            "actor": actor,
-            "run_id": run_id,
-            "run_url": run_url,
-            "rollback_of": rollback_of,
-            "note": note,
-            "committed_at": committed_at,
-            "promoted_from": promoted_from,
-            "blocked": False,
-            "blocked_at": None,
-            "blocked_by": None,
-            "blocked_reason": None,
-        }
-        existing = find(db, deployment_id)
+    with transaction(db):
+        record, rollback_target = _new_row(db, request, moment)
+        existing = _find(db, record["id"])
         if existing is not None:
-            first_status = db.execute(SELECT_FIRST_STATUS, (deployment_id,)).fetchone()
-            differing = [field for field in IDENTITY_FIELDS if existing[field] != record[field]]
-            if first_status and first_status[0] != status:
-                differing.append("status")
-            if differing:
-                raise Refused(
-                    f"deployment {deployment_id} is already recorded with a different"
-                    f" {', '.join(differing)}"
-                )
-            return existing, False
-        replaced = running(db, environment) if target is not None else None
-        if replaced is not None and replaced["id"] == rollback_of:
-            raise Refused(f"{rollback_of} is what is running in {environment} now")
+            _check_same_call(db, existing, record)
+            return existing, False, None
+        replaced = running(db, request.environment) if rollback_target else None
+        if replaced is not None and replaced["id"] == request.rollback_of:
+            raise Refused(f"{request.rollback_of} is what is running in {request.environment} now")
         # A rollback redeploys what this environment already ran: no gate.
-        gate_problem = None if target is not None else pass_gate(db, record, gates, override_gate)
-        db.execute(INSERT_DEPLOYMENT, record)
-        add_event(db, deployment_id, status, record["deployed_at"], actor, note)
-        if gate_problem is not None:
-            record_gate_override(db, record, gate_problem, override_gate, warn)
+        objection = None if rollback_target else gate_objection(db, record, gates)
+        record["gate_bypassed"] = objection is not None
+        db.execute(_INSERT_DEPLOYMENT, record)
+        _add_event(
+            db,
+            record["id"],
+            record["status"],
+            record["deployed_at"],
+            record["actor"],
+            record["note"],
+        )
+        if objection is not None:
+            reason = f"; reason given: {request.gate_reason}" if request.gate_reason else ""
+            _add_event(
+                db,
+                record["id"],
+                GATE_BYPASSED_EVENT,
+                record["deployed_at"],
+                record["actor"],
+                objection + reason,
+            )
         if replaced is not None and replaced["status"] in ("deployed", "verified"):
             db.execute(
-                "UPDATE deployments SET status = 'rolled_back' WHERE id = ?",
-                (replaced["id"],),
+                "UPDATE deployments SET status = 'rolled_back' WHERE id = ?", (replaced["id"],)
             )
-            add_event(
+            _add_event(
                 db,
                 replaced["id"],
                 "rolled_back",
                 record["deployed_at"],
-                actor,
-                f"replaced by rollback {deployment_id} to {rollback_of}",
+                record["actor"],
+                f"replaced by rollback {record['id']} to {request.rollback_of}",
             )
-        return record, True
-
-    return write_transaction(db, insert)
+    return record, True, objection
 
 
-def check_verify_input(
-    deployment_id: str, status: str, *, by: Optional[str] = None, note: Optional[str] = None
-) -> None:
-    check_id(deployment_id)
-    check_choice("status", status, VERIFY_STATUSES)
-    check_fields(verified_by=by, note=note)
+def _new_row(
+    db: sqlite3.Connection, request: RecordRequest, moment: datetime
+) -> tuple[Record, bool]:
+    """The row `request` stores, with what a rollback or promotion takes from its
+    source; and whether it is a rollback."""
+    branch, commit_sha, image_tag = request.branch, request.commit_sha, request.image_tag
+    source = None
+    if request.rollback_of is not None:
+        source = _find(db, request.rollback_of)
+        if source is None:
+            raise NotFound(f"rollback target {request.rollback_of} does not exist")
+        if source["environment"] != request.environment:
+            raise Refused(
+                f"rollback target {request.rollback_of} is in {source['environment']},"
+                f" not {request.environment}"
+            )
+    if request.promoted_from is not None:
+        source = promotion_source(db, request.promoted_from, request.environment)
+    if source is not None:
+        if image_tag is not None and image_tag != source["image_tag"]:
+            raise InvalidInput(
+                f"this deployment redeploys the image of {source['id']}"
+                f" ({source['image_tag']}), not {image_tag}"
+            )
+        branch = branch or source["branch"]
+        commit_sha = commit_sha or source["commit_sha"]
+        image_tag = source["image_tag"]
+    assert branch is not None and commit_sha is not None
+    deployment_id = request.deployment_id or make_id(branch, commit_sha, moment)
+    record: Record = dict.fromkeys(FIELDS)
+    record.update(
+        id=deployment_id,
+        environment=request.environment,
+        branch=branch,
+        commit_sha=commit_sha,
+        image_tag=image_tag or deployment_id,
+        status=request.status,
+        deployed_at=iso(moment),
+        actor=request.actor,
+        run_id=request.run_id,
+        run_url=request.run_url,
+        rollback_of=request.rollback_of,
+        note=request.note,
+        committed_at=request.committed_at,
+        promoted_from=request.promoted_from,
+        blocked=False,
+        gate_bypassed=False,
+    )
+    return record, request.rollback_of is not None
+
+
+def _check_same_call(db: sqlite3.Connection, existing: Record, record: Record) -> None:
+    """A repeated `record` of an id must repeat what was recorded."""
+    first_status = db.execute(_SELECT_FIRST_STATUS, (existing["id"],)).fetchone()
+    differing = [field for field in _IDENTITY_FIELDS if existing[field] != record[field]]
+    if first_status and first_status[0] != record["status"]:
+        differing.append("status")
+    if differing:
+        raise Refused(
+            f"deployment {existing['id']} is already recorded with a different"
+            f" {', '.join(differing)}"
+        )
 
 
 def verify_deployment(
@@ -1126,14 +1235,12 @@ def verify_deployment(
     now: Optional[datetime] = None,
 ) -> tuple[Record, bool]:
     """Record a verification result; returns the record and whether it changed."""
-    check_verify_input(deployment_id, status, by=by, note=note)
     at = iso(now or utc_now())
-
-    def update() -> tuple[Record, bool]:
+    with transaction(db):
         record = get_deployment(db, deployment_id)
         if record["status"] == status:
             return record, False
-        if status not in TRANSITIONS[record["status"]]:
+        if status not in _TRANSITIONS[record["status"]]:
             raise Refused(
                 f"deployment {deployment_id} is {record['status']}; it cannot become {status}"
             )
@@ -1141,11 +1248,21 @@ def verify_deployment(
             "UPDATE deployments SET status = ?, verified_at = ?, verified_by = ? WHERE id = ?",
             (status, at, by, deployment_id),
         )
-        add_event(db, deployment_id, status, at, by, note)
-        record.update(status=status, verified_at=at, verified_by=by)
-        return record, True
+        _add_event(db, deployment_id, status, at, by, note)
+    record.update(status=status, verified_at=at, verified_by=by)
+    return record, True
 
-    return write_transaction(db, update)
+
+def _list_conditions(
+    environment: Optional[str], branch: Optional[str], status: Optional[str]
+) -> tuple[str, list[Any]]:
+    conditions = []
+    parameters: list[Any] = []
+    for column, value in (("environment", environment), ("branch", branch), ("status", status)):
+        if value is not None:
+            conditions.append(f"{column} = ?")
+            parameters.append(value)
+    return (" WHERE " + " AND ".join(conditions) if conditions else ""), parameters
 
 
 def list_deployments(
@@ -1157,30 +1274,34 @@ def list_deployments(
     limit: Optional[int] = DEFAULT_LIST_LIMIT,
 ) -> Iterator[Record]:
     """Deployments newest first, streamed from the database."""
-    conditions = []
-    parameters: list[Any] = []
-    for column, value in (("environment", environment), ("branch", branch), ("status", status)):
-        if value is not None:
-            conditions.append(f"{column} = ?")
-            parameters.append(value)
-    sql = SELECT_DEPLOYMENT
-    if conditions:
-        sql += " WHERE " + " AND ".join(conditions)
-    sql += " ORDER BY seq DESC"
+    where, parameters = _list_conditions(environment, branch, status)
+    sql = _SELECT_DEPLOYMENT + where + " ORDER BY seq DESC"
     if limit is not None:
         sql += " LIMIT ?"
         parameters.append(limit)
     for row in db.execute(sql, parameters):
-        yield row_to_record(row)
+        yield _row_to_record(row)
+
+
+def count_deployments(
+    db: sqlite3.Connection,
+    *,
+    environment: Optional[str] = None,
+    branch: Optional[str] = None,
+    status: Optional[str] = None,
+) -> int:
+    where, parameters = _list_conditions(environment, branch, status)
+    sql = "SELECT count(*) FROM deployments" + where  # noqa: S608 (constant conditions)
+    count: int = db.execute(sql, parameters).fetchone()[0]
+    return count
 
 
 def latest(db: sqlite3.Connection, environment: str, status: str = "verified") -> Record:
-    check_environment(environment)
     if status == "any":
         record = running(db, environment)
     else:
-        row = db.execute(SELECT_LATEST_WITH_STATUS, (environment, status)).fetchone()
-        record = row_to_record(row) if row else None
+        row = db.execute(_SELECT_LATEST_WITH_STATUS, (environment, status)).fetchone()
+        record = _row_to_record(row) if row else None
     if record is None:
         qualifier = "" if status == "any" else f"{status} "
         raise NotFound(f"no {qualifier}deployment in {environment}")
@@ -1193,125 +1314,79 @@ def rollback_target(
     deployment_id: Optional[str] = None,
     *,
     force: bool = False,
-    warn: Callable[[str], None] = lambda message: None,
-) -> Record:
-    """The deployment to roll back to; never the one being rolled back from.
+) -> tuple[Record, list[str]]:
+    """The deployment to roll back to, and what `force` let through.
 
     Without an id: the latest verified, unblocked deployment whose image
     differs from the running one. With an id: that deployment, which must be in
-    the environment, have been verified and not be blocked (`force` overrides
-    these checks, loudly).
+    the environment, have been verified and not be blocked (`force` accepts
+    these problems; they are returned for a warning). Either way the answer is
+    the deployment that first shipped that image in the environment, so a
+    rollback names the original, not an earlier rollback to it.
     """
-    check_environment(environment)
     current = running(db, environment)
     if current is None:
         raise NotFound(f"no deployments in {environment}")
     if deployment_id is None:
-        row = db.execute(SELECT_ROLLBACK_CANDIDATE, (environment, current["image_tag"])).fetchone()
+        row = db.execute(_SELECT_ROLLBACK_CANDIDATE, (environment, current["image_tag"])).fetchone()
         if row is None:
             raise NotFound(
                 f"no verified deployment in {environment} to roll back to"
                 f" (running: {current['id']})"
             )
-        return row_to_record(row)
+        return _first_shipped(db, _row_to_record(row)), []
     target = get_deployment(db, deployment_id)
     if target["environment"] != environment:
         raise Refused(
             f"deployment {deployment_id} is in {target['environment']}, not {environment}"
         )
-    if target["id"] == current["id"]:
-        raise Refused(f"deployment {deployment_id} is what is running in {environment} now")
-    problems = []
-    was_verified = target["verified_at"] is not None and target["status"] in (
-        "verified",
-        "rolled_back",
-    )
-    if not was_verified:
-        problems.append(f"was never verified (status {target['status']})")
     if target["image_tag"] == current["image_tag"]:
-        problems.append(f"runs the same image as now ({target['image_tag']})")
+        raise Refused(
+            f"{environment} already runs image {target['image_tag']} of deployment"
+            f" {deployment_id} (running: {current['id']}); nothing to roll back"
+        )
+    problems = []
+    if target["verified_at"] is None or target["status"] not in ("verified", "rolled_back"):
+        problems.append(f"was never verified (status {target['status']})")
     if target["blocked"]:
         problems.append(f"is blocked ({target['blocked_reason']})")
     if problems and not force:
-        raise Refused(
-            f"deployment {deployment_id} {' and '.join(problems)}; --force to use it anyway"
-        )
-    for problem in problems:
-        warn(f"WARNING: forced: deployment {deployment_id} {problem}")
-    return target
+        raise Refused(f"deployment {deployment_id} {' and '.join(problems)}")
+    return (_first_shipped(db, target) if not problems else target), problems
 
 
-def promotion_gates(text: Optional[str]) -> dict[str, str]:
-    """Parse `SOURCE:TARGET[,SOURCE:TARGET...]` into {target: source}.
-
-    Unset or empty means the default (staging:production), so a blank CI
-    variable never opens the gate by accident; only 'none' turns gates off.
-    """
-    text = (text or "").strip() or DEFAULT_GATES
-    if text.lower() == NO_GATES:
-        return {}
-    gates: dict[str, str] = {}
-    for pair in text.split(","):
-        source, _, target = (part.strip() for part in pair.partition(":"))
-        if not (
-            ENVIRONMENT_PATTERN.fullmatch(source)
-            and ENVIRONMENT_PATTERN.fullmatch(target)
-            and source != target
-            and target not in gates
-        ):
-            raise InvalidInput(
-                f"{GATES_ENV_VAR} must be SOURCE:TARGET pairs of different environments,"
-                f" one source per target, separated by commas (or 'none'): {describe(text)}"
-            )
-        gates[target] = source
-    return gates
+def _first_shipped(db: sqlite3.Connection, record: Record) -> Record:
+    row = db.execute(_SELECT_FIRST_SHIPPED, (record["environment"], record["image_tag"])).fetchone()
+    first = _row_to_record(row) if row else record
+    return record if first["blocked"] else first
 
 
-def gate_refusal(db: sqlite3.Connection, record: Record, gates: dict[str, str]) -> Optional[str]:
-    """Why the gate keeps `record` out of its environment; None if it may enter."""
+# ==========================================================================
+# Data layer: control (promotion gates, promote, block, prune)
+# ==========================================================================
+
+
+def gate_objection(db: sqlite3.Connection, record: Record, gates: dict[str, str]) -> Optional[str]:
+    """Why the gate would keep `record` out of its environment; None if it may enter."""
     source = gates.get(record["environment"])
-    if source is None or db.execute(SELECT_GATE_PASS, (source, record["image_tag"])).fetchone():
+    if source is None or db.execute(_SELECT_GATE_PASS, (source, record["image_tag"])).fetchone():
         return None
-    problem = (
+    objection = (
         f"{record['environment']} only receives images verified in {source}:"
         f" image {record['image_tag']} has no verified, unblocked {source} deployment"
     )
-    row = db.execute(SELECT_GATE_SAME_COMMIT, (source, record["commit_sha"])).fetchone()
+    row = db.execute(_SELECT_VERIFIED_COMMIT, (record["commit_sha"], source)).fetchone()
     if row is not None:
-        problem += (
+        objection += (
             f" (commit {record['commit_sha'][:SHORT_SHA_LENGTH]} was verified there"
-            f" as image {row_to_record(row)['image_tag']})"
+            f" as image {_row_to_record(row)['image_tag']})"
         )
-    return problem
+    return objection
 
 
-def pass_gate(
-    db: sqlite3.Connection, record: Record, gates: dict[str, str], override: Optional[str]
-) -> Optional[str]:
-    """Refuse `record` at its gate unless overridden; returns the overridden problem."""
-    problem = gate_refusal(db, record, gates)
-    if problem is not None and override is None:
-        raise Refused(f"{problem}; promote a verified image, or --override-gate REASON")
-    return problem
-
-
-def record_gate_override(
-    db: sqlite3.Connection,
-    record: Record,
-    problem: str,
-    reason: Optional[str],
-    warn: Callable[[str], None],
-) -> None:
-    note = f"{problem}; overridden: {reason}"
-    add_event(db, record["id"], GATE_OVERRIDE_EVENT, record["deployed_at"], record["actor"], note)
-    warn(f"WARNING: promotion gate overridden: {problem} (reason: {reason})")
-
-
-def promotion_source(
-    db: sqlite3.Connection, source_id: str, environment: str, image_tag: Optional[str] = None
-) -> Record:
+def promotion_source(db: sqlite3.Connection, source_id: str, environment: str) -> Record:
     """The deployment a promotion into `environment` reuses: verified and not blocked."""
-    source = find(db, check_id(source_id))
+    source = _find(db, source_id)
     if source is None:
         raise NotFound(f"no deployment with id {source_id} to promote")
     if source["environment"] == environment:
@@ -1322,10 +1397,6 @@ def promotion_source(
         )
     if source["blocked"]:
         raise Refused(f"deployment {source_id} is blocked ({source['blocked_reason']})")
-    if image_tag is not None and image_tag != source["image_tag"]:
-        raise InvalidInput(
-            f"a promotion deploys the image of {source_id} ({source['image_tag']}), not {image_tag}"
-        )
     return source
 
 
@@ -1333,36 +1404,54 @@ def promotion_candidate(
     db: sqlite3.Connection,
     source: str,
     target: str,
+    *,
     deployment_id: Optional[str] = None,
+    commit_sha: Optional[str] = None,
 ) -> Record:
     """What to promote from `source` to `target`, reusing its image.
 
-    Without an id: the latest verified, unblocked deployment in `source`. With
-    an id: that deployment, which must be in `source`, verified and unblocked.
-    Either way its image must not be what `target` runs now.
+    With an id: that deployment, which must be in `source`, verified and
+    unblocked. With a commit: the latest verified, unblocked deployment of
+    that commit in `source`. With neither: the latest verified, unblocked one
+    in `source`. Either way its image must not be what `target` runs now.
     """
-    check_environment(source)
-    check_environment(target)
     if source == target:
         raise InvalidInput(f"--from and --to must be different environments: {source}")
-    if deployment_id is None:
-        row = db.execute(SELECT_PROMOTION_CANDIDATE, (source,)).fetchone()
-        if row is None:
-            raise NotFound(f"no verified, unblocked deployment in {source} to promote")
-        candidate = row_to_record(row)
-    else:
+    if deployment_id is not None:
         candidate = get_deployment(db, deployment_id)
         if candidate["environment"] != source:
             raise Refused(
                 f"deployment {deployment_id} is in {candidate['environment']}, not {source}"
             )
         candidate = promotion_source(db, deployment_id, target)
+    elif commit_sha is not None:
+        candidate = _verified_deployment_of(db, commit_sha, source)
+    else:
+        row = db.execute(_SELECT_PROMOTION_CANDIDATE, (source,)).fetchone()
+        if row is None:
+            raise NotFound(f"no verified, unblocked deployment in {source} to promote")
+        candidate = _row_to_record(row)
     current = running(db, target)
     if current is not None and current["image_tag"] == candidate["image_tag"]:
         raise Refused(
             f"{target} already runs image {candidate['image_tag']} (deployment {current['id']})"
         )
     return candidate
+
+
+def _verified_deployment_of(db: sqlite3.Connection, commit_sha: str, environment: str) -> Record:
+    """The latest verified, unblocked deployment of a commit (given whole or by a
+    prefix that names one commit) in an environment."""
+    parameters = {"prefix": commit_sha, "environment": environment}
+    rows = [_row_to_record(row) for row in db.execute(_SELECT_VERIFIED_COMMIT_PREFIX, parameters)]
+    commits = sorted({row["commit_sha"] for row in rows})
+    if len(commits) > 1:
+        raise Refused(f"commit {commit_sha} is ambiguous: it matches {', '.join(commits)}")
+    if not rows:
+        raise NotFound(
+            f"commit {commit_sha} has no verified, unblocked deployment in {environment}"
+        )
+    return rows[0]
 
 
 def block_deployment(
@@ -1377,13 +1466,8 @@ def block_deployment(
 
     Blocking a blocked deployment changes nothing (its first reason stays).
     """
-    check_id(deployment_id)
-    check_text("reason", reason)
-    if by is not None:
-        check_text("by", by)
     at = iso(now or utc_now())
-
-    def update() -> tuple[Record, bool]:
+    with transaction(db):
         record = get_deployment(db, deployment_id)
         if record["blocked"]:
             return record, False
@@ -1392,11 +1476,9 @@ def block_deployment(
             " blocked_reason = ? WHERE id = ?",
             (at, by, reason, deployment_id),
         )
-        add_event(db, deployment_id, BLOCKED_EVENT, at, by, reason)
-        record.update(blocked=True, blocked_at=at, blocked_by=by, blocked_reason=reason)
-        return record, True
-
-    return write_transaction(db, update)
+        _add_event(db, deployment_id, BLOCKED_EVENT, at, by, reason)
+    record.update(blocked=True, blocked_at=at, blocked_by=by, blocked_reason=reason)
+    return record, True
 
 
 def unblock_deployment(
@@ -1408,14 +1490,8 @@ def unblock_deployment(
     now: Optional[datetime] = None,
 ) -> tuple[Record, bool]:
     """Lift a block; unblocking a deployment that is not blocked changes nothing."""
-    check_id(deployment_id)
-    if reason is not None:
-        check_text("reason", reason)
-    if by is not None:
-        check_text("by", by)
     at = iso(now or utc_now())
-
-    def update() -> tuple[Record, bool]:
+    with transaction(db):
         record = get_deployment(db, deployment_id)
         if not record["blocked"]:
             return record, False
@@ -1424,11 +1500,9 @@ def unblock_deployment(
             " blocked_reason = NULL WHERE id = ?",
             (deployment_id,),
         )
-        add_event(db, deployment_id, UNBLOCKED_EVENT, at, by, reason)
-        record.update(blocked=False, blocked_at=None, blocked_by=None, blocked_reason=None)
-        return record, True
-
-    return write_transaction(db, update)
+        _add_event(db, deployment_id, UNBLOCKED_EVENT, at, by, reason)
+    record.update(blocked=False, blocked_at=None, blocked_by=None, blocked_reason=None)
+    return record, True
 
 
 def plan_prune(
@@ -1442,18 +1516,14 @@ def plan_prune(
     through rollback_of or promoted_from, in any environment. Links always
     point to older deployments, so one pass from the newest finds them all.
     """
-    if keep < 0:
-        raise InvalidInput(f"keep must be 0 or more: {keep}")
-    if environment is not None:
-        check_environment(environment)
     seen: dict[str, int] = {}
     running_image: dict[str, str] = {}
     latest_verified: set[str] = set()
     rollback_candidate: set[str] = set()
     linked: set[str] = set()
     doomed: list[Record] = []
-    for row in db.execute(SELECT_DEPLOYMENT + " ORDER BY seq DESC"):
-        record = row_to_record(row)
+    for row in db.execute(_SELECT_DEPLOYMENT + " ORDER BY seq DESC"):
+        record = _row_to_record(row)
         env = record["environment"]
         seen[env] = position = seen.get(env, 0) + 1
         stays = (
@@ -1489,30 +1559,17 @@ def prune(
     environment: Optional[str] = None,
     *,
     by: Optional[str] = None,
-    dry_run: bool = False,
     now: Optional[datetime] = None,
 ) -> tuple[list[Record], int]:
     """Delete what `plan_prune` selects, with its events, in one transaction.
 
     Returns the removed deployments and how many events went with them. A
-    prune that removes something is logged in the prunes table. A dry run
-    only reads.
+    prune that removes something is logged in the prunes table.
     """
-    if by is not None:
-        check_text("by", by)
+    import json
+
     at = iso(now or utc_now())
-
-    def count_events(doomed: list[Record]) -> int:
-        sql = "SELECT count(*) FROM events WHERE deployment_id = ?"
-        return sum(db.execute(sql, (record["id"],)).fetchone()[0] for record in doomed)
-
-    if dry_run:
-        doomed = plan_prune(db, keep, environment)
-        return doomed, count_events(doomed)
-
-    def apply() -> tuple[list[Record], int]:
-        import json
-
+    with transaction(db):
         doomed = plan_prune(db, keep, environment)
         removed_events = 0
         # Newest first: a deployment goes before the older ones it links to.
@@ -1535,9 +1592,12 @@ def prune(
                     json.dumps([record["id"] for record in doomed]),
                 ),
             )
-        return doomed, removed_events
+    return doomed, removed_events
 
-    return write_transaction(db, apply)
+
+def count_events(db: sqlite3.Connection, records: Iterable[Record]) -> int:
+    sql = "SELECT count(*) FROM events WHERE deployment_id = ?"
+    return sum(db.execute(sql, (record["id"],)).fetchone()[0] for record in records)
 
 
 def prunes(db: sqlite3.Connection) -> list[Record]:
@@ -1547,125 +1607,31 @@ def prunes(db: sqlite3.Connection) -> list[Record]:
     return [dict(zip(columns, row)) for row in db.execute(sql)]
 
 
-def notification_text(
-    event: str, deployment_id: str, record: Optional[Record], message: Optional[str]
-) -> str:
-    """A Slack-style (mrkdwn) message about a deployment event."""
-
-    def safe(value: Any) -> str:
-        return shown_value(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-    where = f" in *{safe(record['environment'])}*" if record else ""
-    headline = {
-        "verification-failed": f":x: Verification failed{where}: {safe(deployment_id)}",
-        "rollback": f":rewind: Automatic rollback{where}: now running {safe(deployment_id)}",
-        "rollback-failed": (
-            f":rotating_light: Rollback failed{where} after {safe(deployment_id)};"
-            " manual action needed"
-        ),
-    }[event]
-    lines = [headline]
-    if record is not None:
-        details = [
-            f"image {safe(record['image_tag'])}",
-            f"branch {safe(record['branch'])}",
-            f"commit {safe(record['commit_sha'][:SHORT_SHA_LENGTH])}",
-            f"status {safe(record['status'])}",
-        ]
-        if record["rollback_of"]:
-            details.append(f"restores {safe(record['rollback_of'])}")
-        lines.append(" | ".join(details))
-        if record["run_url"]:
-            lines.append(f"<{safe(record['run_url'])}|CI run {safe(record['run_id'] or '')}>")
-    if message:
-        lines.append(safe(message))
-    return "\n".join(lines)
+# ==========================================================================
+# Data layer: insight (DORA figures, the deployments of a window, completion)
+# ==========================================================================
 
 
-def send_webhook(
-    url: str,
-    payload: Record,
-    *,
-    timeout: float = NOTIFY_TIMEOUT_SECONDS,
-    retries: int = NOTIFY_RETRIES,
-    retry_delay: float = NOTIFY_RETRY_DELAY_SECONDS,
-    say: Callable[[str], None] = lambda message: None,
-) -> bool:
-    """POST `payload` as JSON; retry on timeouts, network errors, 429 and 5xx.
-
-    Returns whether it was delivered. Never raises for a delivery problem, and
-    never shows the URL, which is a secret for Slack-style webhooks.
-    """
-    import http.client
-    import json
-    import time
-    import urllib.error
-    import urllib.request
-
-    if not URL_PATTERN.fullmatch(url):
-        say("WARNING: notification not sent: the webhook URL is not an http(s) URL")
-        return False
-    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": f"deployment-tracker/{__version__}",
-    }
-    attempts = retries + 1
-    problem = ""
-    for attempt in range(1, attempts + 1):
-        request = urllib.request.Request(url, body, headers, method="POST")  # noqa: S310
-        retryable = True
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-                response.read()
-            return True
-        except urllib.error.HTTPError as error:
-            problem = f"HTTP {error.code}"
-            retryable = error.code == 429 or error.code >= 500
-        except urllib.error.URLError as error:
-            problem = str(error.reason)
-        except (OSError, http.client.HTTPException) as error:
-            problem = str(error) or type(error).__name__
-        if not retryable or attempt == attempts:
-            break
-        delay = retry_delay * 2 ** (attempt - 1)
-        say(f"notification attempt {attempt}/{attempts} failed ({problem}); retrying in {delay:g}s")
-        time.sleep(delay)
-    say(f"WARNING: notification not sent: {problem} (the deployment is not affected)")
-    return False
+def distinct_values(
+    db: sqlite3.Connection, column: str, prefix: str = "", limit: int = 200
+) -> list[str]:
+    """The distinct values of an indexed column (environment, branch, status) that
+    start with `prefix`, in order, read by hopping through the index."""
+    if column not in ("environment", "branch", "status"):
+        raise ValueError(column)
+    sql = _SELECT_DISTINCT.format(column=column)
+    return [row[0] for row in db.execute(sql, {"prefix": prefix, "limit": limit})]
 
 
-def parse_since(value: str, now: datetime) -> datetime:
-    """A window's start: a span back from now (`12h`, `30d`, `2w`) or an ISO 8601 date/time."""
-    text = value.strip()
-    match = SINCE_PATTERN.fullmatch(text)
-    if match:
-        amount = int(match["amount"])
-        if amount == 0:
-            raise InvalidInput(f"since must be a span longer than zero: {describe(value)}")
-        return now - amount * SINCE_UNITS[match["unit"]]
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        start = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInput(
-            f"since must be a span such as 30d, 12h or 2w, or an ISO 8601 date or time:"
-            f" {describe(value)}"
-        ) from None
-    if start.tzinfo is None:
-        start = start.replace(tzinfo=timezone.utc)
-    if start >= now:
-        raise InvalidInput(f"since must be before now ({iso(now)}): {describe(value)}")
-    return start
+def newest_ids(db: sqlite3.Connection, prefix: str = "", limit: int = 50) -> list[str]:
+    """Ids that start with `prefix` (the newest ones when it is empty)."""
+    if not prefix:
+        return [row[0] for row in db.execute(_SELECT_NEWEST_IDS, (limit,))]
+    rows = db.execute(_SELECT_IDS_WITH_PREFIX, {"prefix": prefix, "limit": limit})
+    return [row[0] for row in rows]
 
 
-def deployment_environments(db: sqlite3.Connection) -> list[str]:
-    """Every environment that has a deployment, in name order."""
-    return [row[0] for row in db.execute(SELECT_ENVIRONMENTS)]
-
-
-def median_seconds(values: Sequence[int]) -> Optional[int]:
+def _median_seconds(values: Sequence[int]) -> Optional[int]:
     import statistics
 
     return round(statistics.median(values)) if values else None
@@ -1689,15 +1655,15 @@ def deployment_stats(
     until = now or utc_now()
     if since >= until:
         raise InvalidInput(f"since must be before now ({iso(until)}): {iso(since)}")
-    names = [check_environment(environment)] if environment else deployment_environments(db)
+    names = [environment] if environment else distinct_values(db, "environment", limit=10_000)
     days = (until - since).total_seconds() / 86400
     figures = []
     for name in names:
         window = {"environment": name, "since": iso(since), "until": iso(until)}
-        changes, rollbacks, failures = db.execute(SELECT_STATS_COUNTS, window).fetchone()
-        restores = [row[0] for row in db.execute(SELECT_RESTORE_SECONDS, window)]
+        changes, rollbacks, failures = db.execute(_SELECT_STATS_COUNTS, window).fetchone()
+        restores = [row[0] for row in db.execute(_SELECT_RESTORE_SECONDS, window)]
         restored = [seconds for seconds in restores if seconds is not None]
-        lead_times = [row[0] for row in db.execute(SELECT_LEAD_SECONDS, window)]
+        lead_times = [row[0] for row in db.execute(_SELECT_LEAD_SECONDS, window)]
         figures.append(
             {
                 "environment": name,
@@ -1712,10 +1678,10 @@ def deployment_stats(
                 "change_failure_rate": round(failures / changes, 3) if changes else None,
                 "restored": len(restored),
                 "unrestored": len(restores) - len(restored),
-                "time_to_restore_median_seconds": median_seconds(restored),
+                "time_to_restore_median_seconds": _median_seconds(restored),
                 "time_to_restore_worst_seconds": max(restored) if restored else None,
                 "lead_time_changes": len(lead_times),
-                "lead_time_median_seconds": median_seconds(lead_times),
+                "lead_time_median_seconds": _median_seconds(lead_times),
             }
         )
     return figures
@@ -1735,14 +1701,14 @@ def timeline_deployments(
     parameters: list[Any] = [iso(since), iso(now or utc_now())]
     if environment is not None:
         conditions.append("environment = ?")
-        parameters.append(check_environment(environment))
+        parameters.append(environment)
     where = " WHERE " + " AND ".join(conditions)
     count_sql = "SELECT count(*) FROM deployments" + where  # noqa: S608 (constant conditions)
     total: int = db.execute(count_sql, parameters).fetchone()[0]
     rows = db.execute(
-        SELECT_DEPLOYMENT + where + " ORDER BY seq DESC LIMIT ?", [*parameters, limit]
+        _SELECT_DEPLOYMENT + where + " ORDER BY seq DESC LIMIT ?", [*parameters, limit]
     )
-    return [row_to_record(row) for row in rows][::-1], total
+    return [_row_to_record(row) for row in rows][::-1], total
 
 
 def rollback_targets_outside(
@@ -1754,444 +1720,237 @@ def rollback_targets_outside(
     for record in records:
         target_id = record["rollback_of"]
         if target_id and target_id not in shown and target_id not in targets:
-            target = find(db, target_id)
+            target = _find(db, target_id)
             if target is not None:
                 targets[target_id] = target
     return targets
 
 
-# --------------------------------------------------------------------------
-# Data layer: the history on a git branch (with-history)
-# --------------------------------------------------------------------------
-# CI runners are ephemeral, and runs from any branch and for any environment
-# may write at the same moment. The shared history is therefore the database
-# file committed on a dedicated branch of a git remote. `with-history` fetches
-# that branch's tip, runs one tracker command against a private copy of the
-# file, checkpoints it into a self-contained file and pushes a commit whose
-# parent is the tip it started from. A push that loses a race is rejected (it
-# is never forced), and the whole operation is redone on the newer tip after a
-# randomised exponential backoff. Only git plumbing is used: the work tree, the
-# index and HEAD of the local repository are never touched.
+# ==========================================================================
+# Output
+# ==========================================================================
+# Stored values are not trusted to be what `record` would accept: the history
+# branch can be pushed by hand. Every value is escaped for where it goes.
 
 
-class GitResult:
-    """What a git command returned."""
-
-    def __init__(self, returncode: int, stdout: bytes, stderr: bytes) -> None:
-        self.returncode = returncode
-        self.stdout = stdout
-        self.stderr = stderr
-
-    def problem(self, what: str) -> str:
-        lines = [line.strip() for line in self.stderr.decode("utf-8", "replace").splitlines()]
-        lines = [line for line in lines if line]
-        errors = [line for line in lines if line.startswith(("fatal:", "error:"))]
-        detail = (errors or lines or [f"exit status {self.returncode}"])[0]
-        return f"{what}: {CONTROL_CHARACTERS.sub(' ', detail)}"
+def _escape_character(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as Python carries it
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def run_git(
-    repo: str,
-    args: Sequence[str],
-    env: dict[str, str],
-    *,
-    stdin: Optional[bytes] = None,
-) -> GitResult:
-    """Run git with an argument list (never a shell) in `repo`."""
-    import subprocess
-
-    try:
-        completed = subprocess.run(
-            ["git", "-C", repo, *args],
-            input=stdin if stdin is not None else b"",
-            capture_output=True,
-            env=env,
-            check=False,
-        )
-    except OSError as error:
-        raise DatabaseProblem(f"cannot run git: {error.strerror or error}") from None
-    return GitResult(completed.returncode, completed.stdout, completed.stderr)
+def _printable(value: Any, *, one_line: bool = True) -> str:
+    """A value as text a terminal or a log shows as it is: controls (ESC starts
+    escape sequences), bidi marks and undecodable bytes become visible escapes."""
+    text = _shown_value(value)
+    pattern = _UNSHOWABLE_IN_A_LINE if one_line else _UNSHOWABLE
+    return pattern.sub(_escape_character, text)
 
 
-def git_checked(
-    repo: str, args: Sequence[str], env: dict[str, str], *, stdin: Optional[bytes] = None
-) -> bytes:
-    result = run_git(repo, args, env, stdin=stdin)
-    if result.returncode != 0:
-        raise GitFailure(result.problem(f"git {args[0]} failed"))
-    return result.stdout
-
-
-def check_history_remote(remote: str) -> str:
-    """A remote name, URL or path; never something git could read as an option."""
-    if not remote.strip() or remote.startswith("-") or CONTROL_CHARACTERS.search(remote):
-        raise InvalidInput(f"invalid history remote: {describe(remote)}")
-    return remote
-
-
-def check_history_branch(branch: str) -> str:
-    try:
-        return check_branch(branch)
-    except InvalidInput:
-        raise InvalidInput(f"invalid history branch: {describe(branch)}") from None
-
-
-def history_git_environment(repo: str) -> dict[str, str]:
-    """The environment for git: no prompts, the token as a header, an identity."""
-    env = dict(os.environ)
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    token = env.pop(HISTORY_TOKEN_ENV, "")
-    if token:
-        import base64
-
-        try:
-            count = int(env.get("GIT_CONFIG_COUNT") or "0")
-        except ValueError:
-            count = 0
-        server = env.get("GITHUB_SERVER_URL") or "https://github.com"
-        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode("ascii")
-        env[f"GIT_CONFIG_KEY_{count}"] = f"http.{server.rstrip('/')}/.extraheader"
-        env[f"GIT_CONFIG_VALUE_{count}"] = f"AUTHORIZATION: basic {basic}"
-        env["GIT_CONFIG_COUNT"] = str(count + 1)
-    if run_git(repo, ["var", "GIT_COMMITTER_IDENT"], env).returncode != 0:
-        for name, value in HISTORY_FALLBACK_IDENTITY.items():
-            env.setdefault(name, value)
-    return env
-
-
-def fetch_history_tip(
-    repo: str, remote: str, branch: str, env: dict[str, str], *, shallow: bool
-) -> Optional[str]:
-    """Fetch the history branch; its tip commit, or None when it does not exist yet."""
-    import secrets
-
-    listed = run_git(
-        repo, ["ls-remote", "--exit-code", "--heads", "--", remote, f"refs/heads/{branch}"], env
-    )
-    if listed.returncode == 2:
-        return None
-    if listed.returncode != 0:
-        raise GitFailure(listed.problem(f"cannot reach {remote}"))
-    # A private ref per call: concurrent calls in one repository do not meet.
-    private_ref = f"refs/deployment-tracker/fetch-{os.getpid()}-{secrets.token_hex(4)}"
-    fetch = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
-    if shallow:
-        # A shallow CI checkout only needs the tip, not every earlier copy of the file.
-        fetch.append("--depth=1")
-    git_checked(repo, [*fetch, "--", remote, f"+refs/heads/{branch}:{private_ref}"], env)
-    try:
-        tip = git_checked(repo, ["rev-parse", "--verify", f"{private_ref}^{{commit}}"], env)
-    finally:
-        run_git(repo, ["update-ref", "-d", private_ref], env)
-    return tip.decode("ascii").strip()
-
-
-def read_history_file(repo: str, commit: str, env: dict[str, str]) -> Optional[bytes]:
-    listing = git_checked(repo, ["ls-tree", "-z", commit, "--", HISTORY_FILE], env)
-    if not listing:
-        return None
-    blob = listing.split(b"\t", 1)[0].split()[2].decode("ascii")
-    return git_checked(repo, ["cat-file", "blob", blob], env)
-
-
-def make_self_contained(path: str) -> None:
-    """Checkpoint the WAL into the file and leave it in rollback-journal mode."""
-    from pathlib import Path
-
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        db.execute("PRAGMA journal_mode = DELETE")
-        result = db.execute("PRAGMA quick_check").fetchone()[0]
-    except sqlite3.Error as error:
-        raise DatabaseProblem(f"history database cannot be checkpointed: {error}") from None
-    finally:
-        db.close()
-    if result != "ok":
-        raise DatabaseProblem(f"history database failed its integrity check: {result}")
-    for suffix in ("-wal", "-shm", "-journal"):
-        Path(path + suffix).unlink(missing_ok=True)
-
-
-def content_digest(path: str) -> Optional[str]:
-    """A digest of the database's content (not its bytes); None when there is no file."""
-    from pathlib import Path
-
-    if not Path(path).exists():
-        return None
-    import hashlib
-
-    digest = hashlib.sha256()
-    db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
-    try:
-        for pragma in ("user_version", "application_id"):
-            digest.update(f"{pragma}={db.execute(f'PRAGMA {pragma}').fetchone()[0]}\n".encode())
-        for statement in db.iterdump():
-            digest.update(statement.encode("utf-8", "surrogatepass") + b"\n")
-    except sqlite3.Error as error:
-        raise DatabaseProblem(f"history database is unreadable: {error}") from None
-    finally:
-        db.close()
-    return digest.hexdigest()
-
-
-def commit_history_file(
-    repo: str, path: str, parent: Optional[str], message: str, env: dict[str, str]
-) -> str:
-    """Write the file as the only content of a new commit on top of `parent`."""
-    database = git_checked(repo, ["hash-object", "-w", "--", path], env).decode().strip()
-    readme = (
-        git_checked(repo, ["hash-object", "-w", "--stdin"], env, stdin=HISTORY_README.encode())
-        .decode()
-        .strip()
-    )
-    tree_listing = f"100644 blob {readme}\tREADME.md\n100644 blob {database}\t{HISTORY_FILE}\n"
-    tree = git_checked(repo, ["mktree"], env, stdin=tree_listing.encode()).decode().strip()
-    parents = ["-p", parent] if parent else []
-    commit = git_checked(
-        repo, ["commit-tree", tree, *parents, "-F", "-"], env, stdin=message.encode()
-    )
-    return commit.decode().strip()
-
-
-def history_commit_message(args: Sequence[str]) -> str:
-    import shlex
-
-    line = "deployment-tracker " + " ".join(shlex.quote(arg) for arg in args)
-    line = CONTROL_CHARACTERS.sub(" ", line)
-    return (line if len(line) <= 200 else line[:197] + "...") + "\n"
-
-
-def push_history(repo: str, remote: str, branch: str, commit: str, env: dict[str, str]) -> None:
-    """Push without force: a push based on an outdated tip is rejected."""
-    result = run_git(
-        repo,
-        [
-            "push",
-            "--quiet",
-            "--no-verify",
-            "--porcelain",
-            "--",
-            remote,
-            f"{commit}:refs/heads/{branch}",
-        ],
-        env,
-    )
-    if result.returncode != 0:
-        rejected = b"[rejected]" in result.stdout or b"[remote rejected]" in result.stdout
-        raise GitFailure(
-            f"push to {remote} rejected (the history moved on)"
-            if rejected
-            else result.problem(f"cannot push to {remote}")
-        )
-
-
-def run_tracker_command(
-    args: Sequence[str], db_path: str, github_output: Optional[str]
-) -> GitResult:
-    """Run one tracker command in a child process against `db_path`."""
-    import subprocess
-    from pathlib import Path
-
-    env = dict(os.environ)
-    env.pop(HISTORY_TOKEN_ENV, None)
-    env.pop(DB_ENV_VAR, None)
-    env.pop("GITHUB_OUTPUT", None)
-    if github_output is not None:
-        env["GITHUB_OUTPUT"] = github_output
-    completed = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--db", db_path, *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=env,
-        check=False,
-    )
-    return GitResult(completed.returncode, completed.stdout, completed.stderr)
-
-
-def pass_on(result: GitResult, github_output: Optional[str], target: Optional[str]) -> None:
-    """Hand the chosen attempt's output to our caller."""
-    from pathlib import Path
-
-    sys.stdout.buffer.write(result.stdout)
-    sys.stdout.flush()
-    sys.stderr.buffer.write(result.stderr)
-    sys.stderr.flush()
-    if github_output and target and Path(github_output).exists():
-        content = Path(github_output).read_bytes()
-        if content:
-            try:
-                with open(target, "ab") as output:
-                    output.write(content)
-            except OSError as error:
-                raise TrackerError(
-                    f"cannot write GITHUB_OUTPUT file {target}: {error.strerror}"
-                ) from None
-
-
-def run_with_history(  # noqa: PLR0915 (its imports are local: start-up time)
-    args: Sequence[str],
-    *,
-    repo: str,
-    remote: str,
-    branch: str,
-    attempts: int,
-    backoff: float,
-    say: Callable[[str], None],
-) -> int:
-    """Fetch, apply `args` to a fresh copy, commit and push; redo when the push is rejected.
-
-    Returns the tracker command's exit code. Only the final attempt's output
-    (stdout, stderr and $GITHUB_OUTPUT lines) reaches the caller.
-    """
-    import random
-    import tempfile
-    import time
-    from pathlib import Path
-
-    check_history_remote(remote)
-    check_history_branch(branch)
-    env = history_git_environment(repo)
-    inside = run_git(repo, ["rev-parse", "--is-shallow-repository"], env)
-    if inside.returncode != 0:
-        raise DatabaseProblem(inside.problem(f"{repo} is not a usable git repository"))
-    shallow = inside.stdout.strip() == b"true"
-    target = os.environ.get("GITHUB_OUTPUT") or None
-    jitter = random.SystemRandom()
-    last_problem = ""
-    for attempt in range(1, attempts + 1):
-        if attempt > 1:
-            ceiling = min(HISTORY_MAX_BACKOFF_SECONDS, backoff * 2 ** (attempt - 2))
-            delay = jitter.uniform(0, ceiling)
-            say(f"history: {last_problem}; attempt {attempt}/{attempts} in {delay:.1f}s")
-            time.sleep(delay)
-        with tempfile.TemporaryDirectory(prefix="deployment-history-") as scratch:
-            db_path = os.path.join(scratch, HISTORY_FILE)
-            github_output = os.path.join(scratch, "github_output") if target else None
-            try:
-                tip = fetch_history_tip(repo, remote, branch, env, shallow=shallow)
-                content = read_history_file(repo, tip, env) if tip else None
-            except GitFailure as error:
-                last_problem = str(error)
-                continue
-            if content is None and args[0] in HISTORY_READ_COMMANDS:
-                raise NotFound(f"no deployment history yet: {remote} has no branch {branch}")
-            if content is not None:
-                Path(db_path).write_bytes(content)
-                make_self_contained(db_path)
-            before = content_digest(db_path)
-            result = run_tracker_command(args, db_path, github_output)
-            if result.returncode != 0:
-                pass_on(result, None, None)
-                return result.returncode
-            if Path(db_path).exists():
-                make_self_contained(db_path)
-            after = content_digest(db_path)
-            if after is None or after == before:
-                pass_on(result, github_output, target)
-                return 0
-            try:
-                commit = commit_history_file(repo, db_path, tip, history_commit_message(args), env)
-                push_history(repo, remote, branch, commit, env)
-            except GitFailure as error:
-                last_problem = str(error)
-                continue
-            pass_on(result, github_output, target)
-            return 0
-    raise TrackerError(
-        f"could not update the deployment history on {remote} {branch}"
-        f" after {attempts} attempts: {last_problem}"
-    )
-
-
-# --------------------------------------------------------------------------
-# Output helpers
-# --------------------------------------------------------------------------
-
-
-def shown_value(value: Any) -> str:
+def _shown_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else str(value)
 
 
-def table_cell(column: str, value: Any) -> str:
-    """A value as a table shows it: a block stands out, its absence is blank."""
-    if column == "blocked":
-        return "BLOCKED" if value else ""
-    return shown_value(value)
+def _json_text(value: Any, *, indent: Optional[int] = None) -> str:
+    """JSON that keeps non-ASCII text readable but escapes, as JSON allows, the
+    characters a terminal would act on."""
+    import json
+
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    return _UNSHOWABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
-def echo_records(
-    records: Iterable[Record], output_format: str, *, columns: Sequence[str] = FIELDS
-) -> None:
-    """Print records as a JSON array, CSV or a table; JSON and CSV stream."""
-    out = sys.stdout
-    if output_format == "json":
-        import json
-
-        # Streamed so that an unlimited list needs no more memory than a page.
-        separator = "[\n  "
-        for record in records:
-            out.write(separator + json.dumps(record, ensure_ascii=False))
-            separator = ",\n  "
-        out.write("[]\n" if separator.startswith("[") else "\n]\n")
-        return
-    if output_format == "csv":
-        import csv
-
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(FIELDS)
-        for record in records:
-            writer.writerow([shown_value(record[field]) for field in FIELDS])
-        return
-    rows = [[table_cell(column, record[column]) for column in columns] for record in records]
-    out.write(render_table(rows, list(columns), output_format) + "\n")
+def _tsv_cell(value: Any) -> str:
+    text = _shown_value(value).replace("\\", "\\\\")
+    text = text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return _printable(text)
 
 
-def render_table(rows: list[list[str]], headers: list[str], output_format: str) -> str:
-    table_format = "simple" if output_format == "table" else output_format
+def _age(stamp: Any, now: datetime) -> str:
+    """How long ago, as people say it: `45s ago`, `3h ago`, `12d ago`."""
+    moment = _parse_stored_time(stamp)
+    if moment is None:
+        return _printable(stamp)
+    seconds = int((now - moment).total_seconds())
+    if seconds < 0:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * (2 if unit == "d" else 1):
+            if unit == "d" and seconds >= 90 * 86400:
+                return stamp[:10] if isinstance(stamp, str) else _printable(stamp)
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _parse_stored_time(stamp: Any) -> Optional[datetime]:
+    try:
+        return datetime.strptime(str(stamp), ISO_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def _marks(record: Record) -> str:
+    marks = []
+    if record["rollback_of"]:
+        marks.append("rollback")
+    if record["promoted_from"]:
+        marks.append("promoted")
+    if record["blocked"]:
+        marks.append("BLOCKED")
+    if record["gate_bypassed"]:
+        marks.append("gate-bypassed")
+    return ",".join(marks)
+
+
+def _table_cell(column: str, record: Record, now: datetime) -> str:
+    if column == "commit":
+        return _printable(_shown_value(record["commit_sha"])[:SHORT_SHA_LENGTH])
+    if column == "age":
+        return _age(record["deployed_at"], now)
+    if column == "marks":
+        return _marks(record)
+    if column == "image":
+        return "" if record["image_tag"] == record["id"] else _printable(record["image_tag"])
+    if column in ("blocked", "gate_bypassed"):
+        return column.upper().replace("_", "-") if record[column] else ""
+    return _printable(record[column], one_line=column != "note")
+
+
+class _OutputRequest(NamedTuple):
+    """How a command prints: checked once, while click parses its options."""
+
+    format: Optional[str] = None  # None: the command's default
+    fields: tuple[str, ...] = ()  # --field a,b: bare values
+    json_fields: tuple[str, ...] = ()  # --json a,b: JSON objects of these fields
+    headers: bool = True
+    wide: bool = False
+    github_output: Optional[str] = None  # the $GITHUB_OUTPUT file to append to
+
+    @property
+    def chosen_format(self) -> str:
+        return self.format or "table"
+
+
+def _render_table(
+    rows: list[list[str]], headers: list[str], table_format: str, *, tight: bool = False
+) -> str:
+    """`tight`: a column is as wide as its widest cell or header, not header + 2
+    (tabulate's MIN_PADDING), so the default list of typical ids fits 100 columns."""
+    import tabulate as tabulate_module
     from tabulate import tabulate
 
-    return tabulate(rows, headers=headers, tablefmt=table_format, disable_numparse=True)
+    if table_format == "table":
+        table_format = "simple"
+    if not headers:
+        return tabulate(rows, tablefmt=table_format, disable_numparse=True)
+    padding = tabulate_module.MIN_PADDING
+    if tight:
+        tabulate_module.MIN_PADDING = 0
+    try:
+        return tabulate(rows, headers=headers, tablefmt=table_format, disable_numparse=True)
+    finally:
+        tabulate_module.MIN_PADDING = padding
 
 
-def echo_details(record: Record, history: Optional[list[Record]], output_format: str) -> None:
-    """One deployment, as an object or a two-column table, with its events if given."""
-    if output_format == "json":
-        import json
+def _echo_records(records: Iterable[Record], output: _OutputRequest) -> int:
+    """Print records as the caller asked; JSON, CSV and TSV stream. Returns how many."""
+    out = sys.stdout
+    count = 0
+    if output.fields:
+        for count, record in enumerate(records, start=1):  # noqa: B007 (the count is returned)
+            out.write("\t".join(_tsv_cell(record[field]) for field in output.fields) + "\n")
+        return count
+    fmt = "json" if output.json_fields else output.chosen_format
+    if fmt == "json":
+        # Streamed so that an unlimited list needs no more memory than a page.
+        separator = "[\n  "
+        for count, record in enumerate(records, start=1):  # noqa: B007 (the count is returned)
+            shown = (
+                {key: record[key] for key in output.json_fields} if output.json_fields else record
+            )
+            out.write(separator + _json_text(shown))
+            separator = ",\n  "
+        out.write("[]\n" if count == 0 else "\n]\n")
+        return count
+    if fmt in ("csv", "tsv"):
+        import csv
 
+        if fmt == "csv":
+            writer = csv.writer(out, lineterminator="\n")
+            write_row: Callable[[Sequence[Any]], Any] = writer.writerow
+        else:
+            write_row = lambda row: out.write("\t".join(_tsv_cell(cell) for cell in row) + "\n")  # noqa: E731
+        if output.headers:
+            write_row(FIELDS)
+        for count, record in enumerate(records, start=1):  # noqa: B007 (the count is returned)
+            if fmt == "csv":
+                write_row([_printable(record[field], one_line=False) for field in FIELDS])
+            else:
+                write_row([record[field] for field in FIELDS])
+        return count
+    shown_records = list(records)
+    now = utc_now()
+    columns: Sequence[str] = FIELDS if output.wide else TABLE_COLUMNS
+    if not output.wide and any(record["image_tag"] != record["id"] for record in shown_records):
+        columns = (*TABLE_COLUMNS[:3], "image", *TABLE_COLUMNS[3:])
+    rows = [[_table_cell(column, record, now) for column in columns] for record in shown_records]
+    headers = list(columns) if output.headers else []
+    out.write(_render_table(rows, headers, fmt, tight=fmt == "table") + "\n")
+    return len(shown_records)
+
+
+def _echo_details(record: Record, history: Optional[list[Record]], output: _OutputRequest) -> None:
+    """One deployment, as the caller asked: bare fields, an object, a row, or a
+    field/value table followed by its events."""
+    if output.fields or output.json_fields:
+        if output.fields:
+            click.echo("\t".join(_tsv_cell(record[field]) for field in output.fields))
+        else:
+            click.echo(_json_text({key: record[key] for key in output.json_fields}, indent=2))
+        return
+    fmt = output.chosen_format
+    if fmt == "json":
         shown = record if history is None else {**record, "events": history}
-        click.echo(json.dumps(shown, ensure_ascii=False, indent=2))
+        click.echo(_json_text(shown, indent=2))
         return
-    if output_format == "csv":
-        echo_records([record], "csv")
+    if fmt in ("csv", "tsv"):
+        _echo_records([record], output)
         return
-    pairs = [[field, shown_value(record[field])] for field in FIELDS]
-    click.echo(render_table(pairs, ["field", "value"], output_format))
-    if history is not None:
+    pairs = [[field, _printable(record[field], one_line=False)] for field in FIELDS]
+    click.echo(_render_table(pairs, ["field", "value"] if output.headers else [], fmt))
+    if history:
         click.echo()
-        rows = [[shown_value(event[field]) for field in EVENT_FIELDS] for event in history]
-        click.echo(render_table(rows, list(EVENT_FIELDS), output_format))
+        rows = [
+            [_printable(event[field], one_line=False) for field in EVENT_FIELDS]
+            for event in history
+        ]
+        click.echo(_render_table(rows, list(EVENT_FIELDS) if output.headers else [], fmt))
 
 
-def echo_field(records: Iterable[Record], field: str) -> None:
-    for record in records:
-        click.echo(shown_value(record[field]))
-
-
-def github_output_path() -> str:
+def _writable_github_output() -> str:
+    """The $GITHUB_OUTPUT file, checked before anything is written anywhere: a
+    record stored and then not reported would be recorded twice on a retry."""
     path = os.environ.get("GITHUB_OUTPUT")
     if not path:
         raise InvalidInput("--github-output needs the GITHUB_OUTPUT environment variable")
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise InvalidInput(
+            f"cannot write the GITHUB_OUTPUT file {path}: {error.strerror or error}"
+        ) from None
     return path
 
 
-def write_github_output(path: str, values: Record) -> None:
+def _write_github_output(path: str, values: Record) -> None:
     """Append values as `name<<DELIMITER` blocks, which no value can break out of."""
     lines = []
     for name, value in values.items():
-        text = shown_value(value)
+        text = _shown_value(value)
         # os.urandom is what secrets.token_hex reads; importing secrets costs
         # more start-up time than the whole tracker.
         delimiter = f"ghadelimiter_{os.urandom(16).hex()}"
@@ -2199,17 +1958,13 @@ def write_github_output(path: str, values: Record) -> None:
             delimiter = f"ghadelimiter_{os.urandom(16).hex()}"
         lines.append(f"{name}<<{delimiter}\n{text}\n{delimiter}\n")
     try:
-        with open(path, "a", encoding="utf-8") as output:
+        with open(path, "a", encoding="utf-8", errors="backslashreplace") as output:
             output.write("".join(lines))
     except OSError as error:
         raise TrackerError(f"cannot write GITHUB_OUTPUT file {path}: {error.strerror}") from None
 
 
-def from_iso(stamp: str) -> datetime:
-    return datetime.strptime(stamp, ISO_FORMAT).replace(tzinfo=timezone.utc)
-
-
-def format_duration(seconds: Optional[int]) -> str:
+def _format_duration(seconds: Optional[int]) -> str:
     """A duration for people: `45s`, `12m 5s`, `3h 20m`, `2d 4h`."""
     if seconds is None:
         return "-"
@@ -2226,7 +1981,9 @@ def format_duration(seconds: Optional[int]) -> str:
     return f"{sign}{rest}s"
 
 
-def stats_rows(figures: Sequence[Record]) -> tuple[list[str], list[list[str]]]:
+def _stats_rows(
+    figures: Sequence[Record], escape: Callable[[str], str]
+) -> tuple[list[str], list[list[str]]]:
     """The stats as people read them: a row per figure, a column per environment."""
 
     def failure_rate(figure: Record) -> str:
@@ -2241,7 +1998,7 @@ def stats_rows(figures: Sequence[Record]) -> tuple[list[str], list[list[str]]]:
         median = figure["lead_time_median_seconds"]
         if median is None:
             return "-"
-        return f"{format_duration(median)} (n={figure['lead_time_changes']})"
+        return f"{_format_duration(median)} (n={figure['lead_time_changes']})"
 
     shown: tuple[tuple[str, Callable[[Record], str]], ...] = (
         ("deployments", lambda figure: str(figure["deployments"])),
@@ -2251,81 +2008,101 @@ def stats_rows(figures: Sequence[Record]) -> tuple[list[str], list[list[str]]]:
         ("change failure rate", failure_rate),
         (
             "time to restore, median",
-            lambda figure: format_duration(figure["time_to_restore_median_seconds"]),
+            lambda figure: _format_duration(figure["time_to_restore_median_seconds"]),
         ),
         (
             "time to restore, worst",
-            lambda figure: format_duration(figure["time_to_restore_worst_seconds"]),
+            lambda figure: _format_duration(figure["time_to_restore_worst_seconds"]),
         ),
         ("unrestored failures", lambda figure: str(figure["unrestored"])),
         ("lead time, median", lead_time),
     )
-    headers = ["figure", *(figure["environment"] for figure in figures)]
+    headers = ["figure", *(escape(figure["environment"]) for figure in figures)]
     return headers, [[label, *(show(figure) for figure in figures)] for label, show in shown]
 
 
-def window_caption(since: datetime, until: datetime) -> str:
+def _window_caption(since: datetime, until: datetime) -> str:
     days = f"{(until - since).total_seconds() / 86400:.1f}".removesuffix(".0")
     unit = "day" if days == "1" else "days"
     return (
-        f"Deployments from {short_time(iso(since))} to {short_time(iso(until))} UTC ({days} {unit})"
+        f"Deployments from {_short_time(iso(since))} to {_short_time(iso(until))} UTC"
+        f" ({days} {unit})"
     )
 
 
-def echo_stats(
-    figures: Sequence[Record], output_format: str, *, since: datetime, until: datetime
+def _echo_stats(
+    figures: Sequence[Record], output: _OutputRequest, *, since: datetime, until: datetime
 ) -> None:
-    if output_format == "json":
-        import json
-
-        click.echo(json.dumps(list(figures), indent=2))
+    fmt = output.chosen_format
+    if fmt == "json":
+        click.echo(_json_text(list(figures), indent=2))
         return
-    if output_format == "csv":
+    if fmt in ("csv", "tsv"):
         import csv
 
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(STATS_FIELDS)
+        writer = csv.writer(
+            sys.stdout, lineterminator="\n", delimiter="," if fmt == "csv" else "\t"
+        )
+        if output.headers:
+            writer.writerow(STATS_FIELDS)
         for figure in figures:
-            writer.writerow([shown_value(figure[field]) for field in STATS_FIELDS])
+            writer.writerow([_printable(figure[field]) for field in STATS_FIELDS])
         return
-    click.echo(window_caption(since, until))
+    click.echo(_window_caption(since, until))
     if not figures:
         click.echo("No deployments recorded.")
         return
-    headers, rows = stats_rows(figures)
+    headers, rows = _stats_rows(figures, _printable)
     click.echo()
-    click.echo(render_table(rows, headers, output_format))
+    click.echo(_render_table(rows, headers if output.headers else [], fmt))
 
 
-def short_time(stamp: str) -> str:
+def _short_time(stamp: str) -> str:
     """`2026-04-15T12:34:56Z` as `2026-04-15 12:34`."""
     return stamp[:16].replace("T", " ")
 
 
-def clipped(text: str, limit: int) -> str:
+def _clipped(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def status_label(record: Record) -> str:
+def _status_label(record: Record) -> str:
     status = str(record["status"]).replace("_", " ")
     return f"rollback, {status}" if record["rollback_of"] else status
 
 
-def mermaid_text(value: str) -> str:
+def _status_class(record: Record) -> str:
+    """A status as a CSS or Mermaid class name: only the ones we know."""
+    return record["status"] if record["status"] in STATUS_COLOURS else "unknown"
+
+
+def _mermaid_text(value: Any) -> str:
     """Text that cannot break out of a quoted Mermaid label: every character
     that could mean something to Mermaid, Markdown or HTML becomes an entity code."""
     return "".join(
-        character if MERMAID_SAFE_CHARACTER.fullmatch(character) else f"#{ord(character)};"
-        for character in value
+        character if _MERMAID_SAFE_CHARACTER.fullmatch(character) else f"#{ord(character)};"
+        for character in _shown_value(value)
     )
 
 
-def mermaid_node(node: str, record: Record, css_class: str) -> str:
+def _markdown_text(value: Any) -> str:
+    """Text for a Markdown summary: every character that could mean something to
+    Markdown or HTML becomes an HTML character reference."""
+    return "".join(
+        character if _MERMAID_SAFE_CHARACTER.fullmatch(character) else f"&#{ord(character)};"
+        for character in _shown_value(value)
+    )
+
+
+def _mermaid_node(node: str, record: Record, css_class: str) -> str:
     label = "<br/>".join(
         (
-            mermaid_text(clipped(record["branch"], 40)),
-            f"{record['commit_sha'][:SHORT_SHA_LENGTH]} {short_time(record['deployed_at'])}",
-            mermaid_text(status_label(record)),
+            _mermaid_text(_clipped(_shown_value(record["branch"]), 40)),
+            _mermaid_text(
+                f"{_shown_value(record['commit_sha'])[:SHORT_SHA_LENGTH]}"
+                f" {_short_time(_shown_value(record['deployed_at']))}"
+            ),
+            _mermaid_text(_status_label(record)),
         )
     )
     # A rollback is drawn as a stadium, a change as a box.
@@ -2333,7 +2110,7 @@ def mermaid_node(node: str, record: Record, css_class: str) -> str:
     return f"{node}{opening}{label}{closing}:::{css_class}"
 
 
-def render_mermaid(
+def _render_mermaid(
     lanes: Sequence[tuple[str, list[Record], int]], earlier: dict[str, Record]
 ) -> str:
     """A Mermaid flowchart: a subgraph per environment holding its deployments
@@ -2348,13 +2125,14 @@ def render_mermaid(
     lines.append(
         "  classDef earlier fill:#ffffff,stroke:#8c959f,stroke-dasharray:4 3,color:#57606a"
     )
+    lines.append("  classDef unknown fill:#ffffff,stroke:#cf222e,color:#1f2328")
     if not lanes:
         lines.append('  none["no deployments"]:::earlier')
     link_count = 0
     rollback_links = []
     for number, (environment, records, left_out) in enumerate(lanes, start=1):
         lane = f"lane{number}"
-        lines.append(f'  subgraph {lane}["{mermaid_text(environment)}"]')
+        lines.append(f'  subgraph {lane}["{_mermaid_text(environment)}"]')
         lines.append("    direction LR")
         chain = []
         if left_out:
@@ -2367,12 +2145,12 @@ def render_mermaid(
         for target_id in sorted(restored_earlier, key=lambda key: earlier[key]["deployed_at"]):
             node = f"{lane}_earlier{len(nodes) + 1}"
             nodes[target_id] = node
-            lines.append(f"    {mermaid_node(node, earlier[target_id], 'earlier')}")
+            lines.append(f"    {_mermaid_node(node, earlier[target_id], 'earlier')}")
             chain.insert(len(nodes) - 1, node)
         for index, record in enumerate(records, start=1):
             node = f"{lane}_{index}"
             nodes[record["id"]] = node
-            lines.append(f"    {mermaid_node(node, record, record['status'])}")
+            lines.append(f"    {_mermaid_node(node, record, _status_class(record))}")
             chain.append(node)
         for before, after in zip(chain, chain[1:]):
             # Earlier deployments shown only as rollback targets are not in sequence.
@@ -2394,19 +2172,19 @@ def render_mermaid(
     return "\n".join(lines) + "\n"
 
 
-def render_markdown_summary(
+def _render_markdown_summary(
     figures: Sequence[Record], mermaid: str, *, since: datetime, until: datetime
 ) -> str:
     """The stats table and the Mermaid timeline as Markdown, for $GITHUB_STEP_SUMMARY."""
-    parts = [f"### {window_caption(since, until)}\n"]
+    parts = [f"### {_window_caption(since, until)}\n"]
     if figures:
-        headers, rows = stats_rows(figures)
-        parts.append(render_table(rows, headers, "github") + "\n")
+        headers, rows = _stats_rows(figures, _markdown_text)
+        parts.append(_render_table(rows, headers, "github") + "\n")
     parts.append(f"```mermaid\n{mermaid}```\n")
     return "\n".join(parts)
 
 
-def timeline_ticks(start: datetime, end: datetime) -> tuple[list[datetime], str]:
+def _timeline_ticks(start: datetime, end: datetime) -> tuple[list[datetime], str]:
     """Round times for the axis, at most about eight of them, and their label format."""
     steps = [timedelta(hours=hours) for hours in (1, 3, 6, 12)]
     steps += [timedelta(days=days) for days in (1, 2, 7, 14, 28, 91, 182, 364)]
@@ -2421,24 +2199,25 @@ def timeline_ticks(start: datetime, end: datetime) -> tuple[list[datetime], str]
     return ticks, ("%m-%d %H:%M" if step < timedelta(days=1) else "%Y-%m-%d")
 
 
-def mark_title(record: Record) -> str:
+def _mark_title(record: Record) -> str:
     lines = [
-        f"{record['id']} ({status_label(record)})",
-        f"branch {clipped(record['branch'], 80)}, commit {record['commit_sha'][:12]}",
-        f"deployed {short_time(record['deployed_at'])} by {clipped(record['actor'] or '?', 40)}",
+        f"{record['id']} ({_status_label(record)})",
+        f"branch {_clipped(_shown_value(record['branch']), 80)},"
+        f" commit {_shown_value(record['commit_sha'])[:12]}",
+        f"deployed {_short_time(record['deployed_at'])} by {_clipped(record['actor'] or '?', 40)}",
     ]
     if record["verified_at"]:
         checker = record["verified_by"]
         lines.append(
-            f"checked {short_time(record['verified_at'])}"
-            + (f" by {clipped(checker, 40)}" if checker else "")
+            f"checked {_short_time(_shown_value(record['verified_at']))}"
+            + (f" by {_clipped(checker, 40)}" if checker else "")
         )
     if record["rollback_of"]:
         lines.append(f"restores {record['rollback_of']}")
-    return "\n".join(lines)
+    return _printable("\n".join(lines), one_line=False)
 
 
-def svg_legend(left: int) -> list[str]:
+def _svg_legend(left: int) -> list[str]:
     parts = []
     x = left
     for status in STATUS_COLOURS:
@@ -2459,25 +2238,25 @@ def svg_legend(left: int) -> list[str]:
     return parts
 
 
-def stacked_positions(
+def _stacked_positions(
     records: Sequence[Record], x_of: Callable[[str], float], mid: int
 ) -> dict[str, tuple[float, int]]:
     """Each mark's (x, y): x by time; a mark that would overlap the one before
     it in its row goes down a row (or to the row with the most room)."""
-    last_x = [float("-inf")] * TIMELINE_ROWS
+    last_x = [float("-inf")] * _TIMELINE_ROWS
     positions = {}
     for record in records:
         x = x_of(record["deployed_at"])
         row = next(
-            (row for row, previous in enumerate(last_x) if x - previous >= TIMELINE_MARK_GAP),
-            min(range(TIMELINE_ROWS), key=last_x.__getitem__),
+            (row for row, previous in enumerate(last_x) if x - previous >= _TIMELINE_MARK_GAP),
+            min(range(_TIMELINE_ROWS), key=last_x.__getitem__),
         )
         last_x[row] = x
-        positions[record["id"]] = (x, mid + row * TIMELINE_ROW_HEIGHT)
+        positions[record["id"]] = (x, mid + row * _TIMELINE_ROW_HEIGHT)
     return positions
 
 
-def svg_lane(
+def _svg_lane(
     environment: str,
     records: Sequence[Record],
     earlier: dict[str, Record],
@@ -2494,27 +2273,29 @@ def svg_lane(
     mid = top + 54
     rollbacks = sum(1 for record in records if record["rollback_of"])
     changes = len(records) - rollbacks
+    shown_environment = _printable(environment)
     parts = [
-        f'<g class="lane" data-environment="{html.escape(environment)}">'
-        f'<rect x="0" y="{top}" width="{right}" height="{TIMELINE_LANE_HEIGHT}"'
+        f'<g class="lane" data-environment="{html.escape(shown_environment)}">'
+        f'<rect x="0" y="{top}" width="{right}" height="{_TIMELINE_LANE_HEIGHT}"'
         f' fill="{"#f6f8fa" if shaded else "none"}" fill-opacity="0.7"/>'
-        f'<text class="lane" x="10" y="{mid - 2}">{html.escape(clipped(environment, 16))}</text>'
+        f'<text class="lane" x="10" y="{mid - 2}">'
+        f"{html.escape(_clipped(shown_environment, 16))}</text>"
         f'<text class="muted" x="10" y="{mid + 14}">{changes} changes, {rollbacks} rollbacks</text>'
         f'<line class="baseline" x1="{left}" y1="{mid}" x2="{right}" y2="{mid}"/>'
     ]
-    positions = stacked_positions(records, x_of, mid)
+    positions = _stacked_positions(records, x_of, mid)
     for record in records:
         x, y = positions[record["id"]]
-        status = record["status"]
-        title = html.escape(mark_title(record))
+        css_class = _status_class(record)
+        title = html.escape(_mark_title(record))
         if record["rollback_of"]:
             parts.append(
-                f'<path class="mark {status}" d="M{x} {y - 8}l8 8l-8 8l-8-8z">'
+                f'<path class="mark {css_class}" d="M{x} {y - 8}l8 8l-8 8l-8-8z">'
                 f"<title>{title}</title></path>"
             )
         else:
             parts.append(
-                f'<circle class="mark {status}" cx="{x}" cy="{y}" r="6">'
+                f'<circle class="mark {css_class}" cx="{x}" cy="{y}" r="6">'
                 f"<title>{title}</title></circle>"
             )
     for record in records:
@@ -2526,8 +2307,8 @@ def svg_lane(
         arc_y = min(from_y, to_y) - 9 - (14 + min(30.0, abs(from_x - to_x) / 8))
         kind = "restore" if target_id in positions else "restore earlier"
         target = earlier.get(target_id)
-        when = f", deployed {short_time(target['deployed_at'])}" if target else ""
-        title = html.escape(f"{record['id']} restored {target_id}{when}")
+        when = f", deployed {_short_time(_shown_value(target['deployed_at']))}" if target else ""
+        title = html.escape(_printable(f"{record['id']} restored {target_id}{when}"))
         parts.append(
             f'<path class="{kind}" d="M{from_x} {from_y - 9}C{from_x} {arc_y}'
             f' {to_x} {arc_y} {to_x} {to_y - 9}"><title>{title}</title></path>'
@@ -2536,10 +2317,10 @@ def svg_lane(
     return parts
 
 
-def html_stats_table(figures: Sequence[Record]) -> list[str]:
+def _html_stats_table(figures: Sequence[Record]) -> list[str]:
     import html
 
-    headers, rows = stats_rows(figures)
+    headers, rows = _stats_rows(figures, _printable)
     parts = ['<table class="stats"><thead><tr>']
     parts.extend(f"<th>{html.escape(header)}</th>" for header in headers)
     parts.append("</tr></thead><tbody>")
@@ -2549,7 +2330,7 @@ def html_stats_table(figures: Sequence[Record]) -> list[str]:
     return parts
 
 
-def render_timeline_html(
+def _render_timeline_html(
     lanes: Sequence[tuple[str, list[Record]]],
     earlier: dict[str, Record],
     figures: Sequence[Record],
@@ -2563,21 +2344,25 @@ def render_timeline_html(
     to the deployment it restored. No scripts, no external assets."""
     import html
 
-    width, left, right = TIMELINE_WIDTH, TIMELINE_LABEL_WIDTH, TIMELINE_WIDTH - 24
+    width, left, right = _TIMELINE_WIDTH, _TIMELINE_LABEL_WIDTH, _TIMELINE_WIDTH - 24
     shown = sum(len(records) for _, records in lanes)
     start = since
-    if shown < total:
-        start = min(from_iso(record["deployed_at"]) for _, records in lanes for record in records)
+    if shown < total and shown:
+        start = min(
+            _parse_stored_time(record["deployed_at"]) or since
+            for _, records in lanes
+            for record in records
+        )
     span = max((until - start).total_seconds(), 1.0)
 
     def x_of(stamp: str) -> float:
-        offset = (from_iso(stamp) - start).total_seconds() / span
+        offset = ((_parse_stored_time(stamp) or start) - start).total_seconds() / span
         return round(left + min(max(offset, 0.0), 1.0) * (right - left), 1)
 
     legend_height = 44
-    lanes_bottom = legend_height + max(len(lanes), 1) * TIMELINE_LANE_HEIGHT
+    lanes_bottom = legend_height + max(len(lanes), 1) * _TIMELINE_LANE_HEIGHT
     height = lanes_bottom + 30
-    style = TIMELINE_STYLE.replace("ROLLBACK", ROLLBACK_COLOUR) + "".join(
+    style = _TIMELINE_STYLE.replace("ROLLBACK", ROLLBACK_COLOUR) + "".join(
         f".{status}{{fill:{fill};stroke:{stroke}}}"
         for status, (fill, stroke) in STATUS_COLOURS.items()
     )
@@ -2591,18 +2376,18 @@ def render_timeline_html(
         "<title>Deployment timeline</title>",
         f"<style>{style}</style></head><body>",
         "<h1>Deployment timeline</h1>",
-        f'<p class="window">{html.escape(window_caption(since, until))}: {count}.</p>',
-        *(html_stats_table(figures) if figures else []),
+        f'<p class="window">{html.escape(_window_caption(since, until))}: {count}.</p>',
+        *(_html_stats_table(figures) if figures else []),
         f'<div class="chart"><svg xmlns="http://www.w3.org/2000/svg" width="{width}"'
         f' height="{height}" viewBox="0 0 {width} {height}" role="img"'
         ' aria-label="Deployments per environment over time">'
         '<defs><marker id="arrowhead" viewBox="0 0 10 10" refX="8" refY="5" markerWidth="7"'
         f' markerHeight="7" orient="auto"><path d="M0 0L10 5L0 10z" fill="{ROLLBACK_COLOUR}"/>'
         "</marker></defs>",
-        *svg_legend(left),
+        *_svg_legend(left),
     ]
     # The grid first: lanes and marks are drawn over it.
-    ticks, tick_format = timeline_ticks(start, until)
+    ticks, tick_format = _timeline_ticks(start, until)
     for tick in ticks:
         x = x_of(iso(tick))
         out.append(
@@ -2611,8 +2396,8 @@ def render_timeline_html(
             f"{tick.strftime(tick_format)}</text>"
         )
     for number, (environment, records) in enumerate(lanes):
-        top = legend_height + number * TIMELINE_LANE_HEIGHT
-        out += svg_lane(
+        top = legend_height + number * _TIMELINE_LANE_HEIGHT
+        out += _svg_lane(
             environment,
             records,
             earlier,
@@ -2636,9 +2421,76 @@ def render_timeline_html(
     return "\n".join(out) + "\n"
 
 
-# --------------------------------------------------------------------------
+def _timeline_text(
+    db: sqlite3.Connection,
+    output_format: str,
+    *,
+    since: datetime,
+    environment: Optional[str],
+    now: datetime,
+) -> str:
+    """What `timeline` prints for the window from `since` to `now`. A deployment
+    whose stored time is not a time cannot be placed, and is left out."""
+
+    def placeable(records: list[Record]) -> list[Record]:
+        return [one for one in records if _parse_stored_time(one["deployed_at"]) is not None]
+
+    names = [environment] if environment else distinct_values(db, "environment", limit=10_000)
+    if output_format == "html":
+        records, total = timeline_deployments(db, since=since, environment=environment, now=now)
+        records = placeable(records)
+        lanes = [(name, [one for one in records if one["environment"] == name]) for name in names]
+        return _render_timeline_html(
+            lanes,
+            rollback_targets_outside(db, records),
+            deployment_stats(db, since=since, environment=environment, now=now),
+            since=since,
+            until=now,
+            total=total,
+        )
+    mermaid_lanes = []
+    earlier: dict[str, Record] = {}
+    for name in names:
+        records, total = timeline_deployments(
+            db, since=since, environment=name, now=now, limit=MERMAID_MAX_PER_ENVIRONMENT
+        )
+        mermaid_lanes.append((name, placeable(records), total - len(records)))
+        earlier.update(rollback_targets_outside(db, records))
+    mermaid = _render_mermaid(mermaid_lanes, earlier)
+    if output_format == "mermaid":
+        return mermaid
+    figures = deployment_stats(db, since=since, environment=environment, now=now)
+    return _render_markdown_summary(figures, mermaid, since=since, until=now)
+
+
+# ==========================================================================
 # CLI
-# --------------------------------------------------------------------------
+# ==========================================================================
+
+
+def _in_github_actions() -> bool:
+    return os.environ.get("GITHUB_ACTIONS") == "true"
+
+
+def _log_line(kind: str, message: str) -> str:
+    """One line for stderr; inside GitHub Actions an annotation on the run page.
+
+    The message can hold stored or given values: escaped so that it can't
+    start another workflow command (`##[...]` works anywhere in a line)."""
+    text = _printable(" ".join(message.split()))
+    if not _in_github_actions():
+        return f"{kind.capitalize()}: {text}"
+    text = text.replace("%", "%25").replace("##[", "#%23[")
+    return f"::{kind} title=deployment-tracker::{text}"
+
+
+def _warn(message: str) -> None:
+    click.echo(_log_line("warning", message), err=True)
+
+
+def _fail(message: str, exit_code: int) -> NoReturn:
+    click.echo(_log_line("error", message), err=True)
+    sys.exit(exit_code)
 
 
 class TrackerGroup(click.Group):
@@ -2656,37 +2508,175 @@ class TrackerGroup(click.Group):
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as error:
             hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
-            fail(error.format_message() + hint, error.exit_code)
+            _fail(error.format_message() + hint, error.exit_code)
         except click.ClickException as error:
-            fail(error.format_message(), error.exit_code)
+            _fail(error.format_message(), error.exit_code)
         except TrackerError as error:
-            fail(str(error), error.exit_code)
+            _fail(str(error), error.exit_code)
         except click.Abort:
-            fail("aborted", 1)
+            _fail("aborted", 1)
         except sqlite3.Error as error:
-            fail(f"database error: {error}", 1)
+            if str(error) == "interrupted":
+                _fail(f"database error: a query ran past {QUERY_DEADLINE_SECONDS:g} s", 1)
+            _fail(f"database error: {error}", 1)
         except BrokenPipeError:
             # The reader (e.g. `| head`) went away; that is not our failure.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         except OSError as error:
-            fail(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "), 1)
+            _fail(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "), 1)
         if not standalone_mode:
             return result
         sys.exit(result if isinstance(result, int) else 0)
 
 
-def fail(message: str, exit_code: int) -> NoReturn:
-    one_line = " ".join(message.split())
-    click.echo(f"Error: {one_line}", err=True)
-    sys.exit(exit_code)
+# --- Parameter types: values are checked while click parses them ----------
 
+
+def _complete_from_db(
+    ctx: click.Context, lookup: Callable[[sqlite3.Connection], list[str]]
+) -> list[Any]:
+    """Completion candidates read from the database; nothing when it can't be read."""
+    from click.shell_completion import CompletionItem
+
+    path = ctx.find_root().params.get("db_path") or os.environ.get(DB_ENV_VAR) or DEFAULT_DB
+    try:
+        db = connect(path, write=False, deadline_seconds=2.0)
+    except (TrackerError, sqlite3.Error):
+        return []
+    try:
+        return [CompletionItem(value) for value in lookup(db)]
+    except sqlite3.Error:
+        return []
+    finally:
+        db.close()
+
+
+class _CheckedType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    """A value checked by a validation function; a bad one is a usage error (exit 2).
+    With `column`, the shell completes it from the values the database holds."""
+
+    def __init__(
+        self, name: str, check: Callable[[str], Any], column: Optional[str] = None
+    ) -> None:
+        self.name = name
+        self._check = check
+        self._column = column
+
+    def convert(
+        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
+    ) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self._check(value)
+        except InvalidInput as error:
+            self.fail(str(error), param, ctx)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[Any]:
+        column = self._column
+        if column is None:
+            return []
+        if column == "id":
+            return _complete_from_db(ctx, lambda db: newest_ids(db, incomplete))
+        return _complete_from_db(ctx, lambda db: distinct_values(db, column, incomplete))
+
+
+class _OutputFormatType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    """table, json, csv, tsv, or any of tabulate's own formats (read from tabulate,
+    and only when one is asked for: importing it costs start-up time)."""
+
+    name = "format"
+
+    def convert(
+        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
+    ) -> Any:
+        if value in BUILTIN_FORMATS:
+            return value
+        from tabulate import tabulate_formats
+
+        if value not in tabulate_formats:
+            self.fail(
+                f"{value!r} is not one of {', '.join(BUILTIN_FORMATS)}, or a tabulate format:"
+                f" {', '.join(sorted(set(tabulate_formats) - set(BUILTIN_FORMATS)))}",
+                param,
+                ctx,
+            )
+        return value
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[Any]:
+        from click.shell_completion import CompletionItem
+        from tabulate import tabulate_formats
+
+        names = [*BUILTIN_FORMATS, *sorted(set(tabulate_formats) - set(BUILTIN_FORMATS))]
+        return [CompletionItem(name) for name in names if name.startswith(incomplete)]
+
+
+class _FieldListType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    """One field or several, separated by commas."""
+
+    name = "fields"
+
+    def __init__(self, choices: Sequence[str]) -> None:
+        self.choices = tuple(choices)
+
+    def convert(
+        self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
+    ) -> Any:
+        if isinstance(value, tuple):
+            return value
+        fields = tuple(part.strip() for part in str(value).split(",") if part.strip())
+        unknown = [field for field in fields if field not in self.choices]
+        if unknown or not fields:
+            self.fail(
+                f"unknown field {', '.join(map(repr, unknown)) or repr(value)};"
+                f" fields are {', '.join(self.choices)}",
+                param,
+                ctx,
+            )
+        return fields
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        done, _, current = incomplete.rpartition(",")
+        prefix = f"{done}," if done else ""
+        return [
+            CompletionItem(prefix + field) for field in self.choices if field.startswith(current)
+        ]
+
+
+_ENVIRONMENT = _CheckedType("environment", check_environment, "environment")
+_BRANCH = _CheckedType("branch", check_branch, "branch")
+_SHA = _CheckedType("sha", check_sha)
+_DEPLOYMENT = _CheckedType("id", check_id_or_prefix, "id")
+_FULL_ID = _CheckedType("id", check_id, "id")
+_IMAGE_TAG = _CheckedType("tag", check_image_tag)
+_RUN_ID = _CheckedType("run id", check_run_id)
+_RUN_URL = _CheckedType("url", check_run_url)
+_ANY_NOTE = _CheckedType("note", storable_note)
+_COMMIT_TIME = _CheckedType("time", lambda value: iso(parse_timestamp(value, name="commit time")))
+_SINCE = _CheckedType("since", lambda value: parse_since(value, utc_now()))
+_GATES = _CheckedType("gates", parse_gates)
+
+
+def _text(name: str, *, multiline: bool = False) -> _CheckedType:
+    return _CheckedType(name, lambda value: check_text(name, value, multiline=multiline))
+
+
+# --- Shared options ---------------------------------------------------------
 
 EXIT_CODES = """\b
 Exit codes:
   0  success
   1  nothing found, operation refused, or a database that is missing
-     (for reading), unreadable, corrupt or from a newer version
+     (for reading), unreadable, corrupt, foreign or from a newer version
   2  invalid usage or input
 """
 
@@ -2710,8 +2700,9 @@ def cli(ctx: click.Context, db_path: str) -> None:
 
     \b
     Example:
-        deployment-tracker record --environment staging --branch main --commit abc1234
-        deployment-tracker latest --environment staging
+        deployment-tracker record -e staging --branch main --commit 3f2c9e1d
+        deployment-tracker verify 3f2c9e1 -e staging --status verified
+        deployment-tracker latest -e staging
     """
     ctx.obj = db_path
 
@@ -2719,84 +2710,174 @@ def cli(ctx: click.Context, db_path: str) -> None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def output_options(*, github_output: bool = True) -> Callable[[F], F]:
-    """--format, --field and --github-output, shared by every command that prints records."""
+def _output_options(
+    *, fields: Sequence[str] = FIELDS, github_output: bool = True, wide: bool = False
+) -> Callable[[F], F]:
+    """-o/--output, --field, --json, --no-headers (and --wide, --github-output),
+    handed to the command as one _OutputRequest named `output`."""
 
     def decorate(function: F) -> F:
+        import functools
+
+        @functools.wraps(function)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            output = _OutputRequest(
+                format=kwargs.pop("output_format"),
+                fields=kwargs.pop("field") or (),
+                json_fields=kwargs.pop("json_fields") or (),
+                headers=not kwargs.pop("no_headers"),
+                wide=kwargs.pop("wide", False),
+                github_output=_writable_github_output()
+                if kwargs.pop("github_output", False)
+                else None,
+            )
+            if output.fields and output.json_fields:
+                raise click.UsageError("--field and --json don't go together")
+            return function(*args, output=output, **kwargs)
+
+        options = [
+            click.option(
+                "-o",
+                "--output",
+                "--format",
+                "output_format",
+                type=_OutputFormatType(),
+                help="table (default), json, csv, tsv, or a tabulate format such as github.",
+            ),
+            click.option(
+                "--field",
+                type=_FieldListType(fields),
+                help="Print only these fields' bare values (comma-separated; tab-separated out).",
+            ),
+            click.option(
+                "--json",
+                "json_fields",
+                type=_FieldListType(fields),
+                metavar="FIELDS",
+                help="Print JSON with only these fields (comma-separated), like gh.",
+            ),
+            click.option(
+                "--no-headers", is_flag=True, help="Tables, CSV and TSV without a header."
+            ),
+        ]
+        if wide:
+            options.append(click.option("--wide", is_flag=True, help="Every column in tables."))
         if github_output:
-            function = click.option(
-                "--github-output",
-                is_flag=True,
-                help="Also append the fields to the file named by $GITHUB_OUTPUT.",
-            )(function)
-        function = click.option(
-            "--field",
-            type=click.Choice(FIELDS),
-            metavar="FIELD",
-            help="Print only this field's bare value (e.g. image_tag).",
-        )(function)
-        function = click.option(
-            "--format",
-            "output_format",
-            type=click.Choice(OUTPUT_FORMATS),
-            metavar="FORMAT",
-            help="table (default), json, csv, or a tabulate format such as github.",
-        )(function)
-        return function
+            options.append(
+                click.option(
+                    "--github-output",
+                    is_flag=True,
+                    help="Also append the fields to the file named by $GITHUB_OUTPUT.",
+                )
+            )
+        for option in reversed(options):
+            command = option(command)
+        return command  # type: ignore[return-value]
 
     return decorate
 
 
-def open_db(ctx: click.Context, *, write: bool = False) -> sqlite3.Connection:
+def _deployment_argument(*, required: bool = True) -> Callable[[F], F]:
+    """The deployment, as an argument (like `helm history NAME`) or as --id."""
+
+    def decorate(function: F) -> F:
+        function = click.option(
+            "--id", "id_option", type=_DEPLOYMENT, metavar="ID", help="Same as the ID argument."
+        )(function)
+        return click.argument(
+            "id_argument", required=False, type=_DEPLOYMENT, metavar="ID" if required else "[ID]"
+        )(function)
+
+    return decorate
+
+
+def _given_id(argument: Optional[str], option: Optional[str], *, required: bool) -> Optional[str]:
+    if argument and option and argument != option:
+        raise click.UsageError(f"two different deployments given: {argument} and --id {option}")
+    given = argument or option
+    if given is None and required:
+        raise click.UsageError(
+            "Missing argument 'ID' (a deployment id, a unique start of one,"
+            " or a commit's short sha)"
+        )
+    return given
+
+
+def _environment_option(*, required: bool) -> Callable[[F], F]:
+    return click.option(
+        "--environment",
+        "-e",
+        type=_ENVIRONMENT,
+        required=required,
+        envvar=ENVIRONMENT_ENV_VAR,
+        show_envvar=True,
+        help="Environment name, e.g. staging or production.",
+    )
+
+
+def _gates_option() -> Callable[[F], F]:
+    return click.option(
+        "--gates",
+        type=_GATES,
+        envvar=GATES_ENV_VAR,
+        show_envvar=True,
+        default="",
+        metavar="SOURCE:TARGET,...",
+        help=f"Promotion gates: TARGET only receives images verified in SOURCE"
+        f" ({DEFAULT_GATES} when unset; 'none' turns them off).",
+    )
+
+
+def _since_option() -> Callable[[F], F]:
+    return click.option(
+        "--since",
+        type=_SINCE,
+        default=DEFAULT_SINCE,
+        show_default=True,
+        metavar="SPAN|DATE",
+        help="Window start: a span back from now (12h, 30d, 2w) or an ISO 8601 date/time (UTC).",
+    )
+
+
+def _open_db(ctx: click.Context, *, write: bool = False) -> sqlite3.Connection:
     db_path: str = ctx.find_root().obj
     db = connect(db_path, write=write)
     ctx.call_on_close(db.close)
     return db
 
 
-def emit_one(
+def _emit_one(
     record: Record,
-    output_format: Optional[str],
-    field: Optional[str],
-    github_output: Optional[str],
+    output: _OutputRequest,
     *,
-    default_field: Optional[str] = None,
+    history: Optional[list[Record]] = None,
+    just_the_id: bool = False,
 ) -> None:
     """Print one record the way the caller asked, and fill $GITHUB_OUTPUT.
 
-    With --github-output the step's log gets the id unless a format is asked
-    for: the fields are in the file, and a workflow step pays no table import.
+    Commands that write (and any command with --github-output) print just the
+    id unless a format or fields are asked for: the step's log needs no more,
+    and a workflow step pays no table import.
     """
-    if github_output:
-        write_github_output(github_output, record)
-        default_field = default_field or "id"
-    chosen = field or (default_field if output_format is None else None)
-    if chosen:
-        echo_field([record], chosen)
-    else:
-        echo_details(record, None, output_format or "table")
+    if output.github_output:
+        _write_github_output(output.github_output, record)
+    asked = output.format is not None or output.fields or output.json_fields
+    if (just_the_id or output.github_output) and not asked:
+        click.echo(_printable(record["id"]))
+        return
+    _echo_details(record, history, output)
 
 
-def environment_option(required: bool) -> Callable[[F], F]:
-    return click.option(
-        "--environment",
-        "-e",
-        required=required,
-        help="Environment name, e.g. staging or production.",
-    )
+# --- Commands: the card's six, then control, then insight -------------------
 
 
 @cli.command("new-id")
-@click.option("--branch", "-b", required=True, help="Branch being deployed (raw name).")
-@click.option("--commit", "-c", "commit_sha", required=True, help="Commit SHA.")
-@output_options()
-def new_id_command(
-    branch: str,
-    commit_sha: str,
-    output_format: Optional[str],
-    field: Optional[str],
-    github_output: bool,
-) -> None:
+@click.option(
+    "--branch", "-b", type=_BRANCH, required=True, help="Branch being deployed (raw name)."
+)
+@click.option("--commit", "-c", "commit_sha", type=_SHA, required=True, help="Commit _SHA.")
+@_output_options(fields=("id", "image_tag", "branch", "commit_sha", "short_sha", "timestamp"))
+def new_id_command(branch: str, commit_sha: str, output: _OutputRequest) -> None:
     """Print the id (and image tag) a deployment of this commit gets now.
 
     Touches no database. The id is `{branch}_{sha7}_{YYYYmmddHHMMSS}` in UTC,
@@ -2805,11 +2886,7 @@ def new_id_command(
     \b
     Example:
         deployment-tracker new-id --branch feature/login --commit 3f2c9e1d
-        feature-login_3f2c9e1_20260415123456
     """
-    path = github_output_path() if github_output else None
-    check_branch(branch)
-    check_sha(commit_sha)
     moment = utc_now()
     deployment_id = make_id(branch, commit_sha, moment)
     values: Record = {
@@ -2820,64 +2897,50 @@ def new_id_command(
         "short_sha": commit_sha[:SHORT_SHA_LENGTH],
         "timestamp": moment.strftime(TIMESTAMP_FORMAT),
     }
-    if path:
-        write_github_output(path, values)
-    if field:
-        click.echo(shown_value(values.get(field)))
-    elif output_format == "json":
-        import json
-
-        click.echo(json.dumps(values, ensure_ascii=False, indent=2))
+    if output.github_output:
+        _write_github_output(output.github_output, values)
+    if output.fields:
+        click.echo("\t".join(_tsv_cell(values[field]) for field in output.fields))
+    elif output.json_fields or output.format == "json":
+        shown = {key: values[key] for key in output.json_fields} if output.json_fields else values
+        click.echo(_json_text(shown, indent=2))
     else:
-        click.echo(deployment_id)
+        click.echo(_printable(deployment_id))
 
 
 @cli.command("record")
-@environment_option(required=True)
-@click.option("--branch", "-b", help="Branch deployed (raw name).")
-@click.option("--commit", "-c", "commit_sha", help="Commit SHA (lowercase hex).")
-@click.option("--image-tag", help="Docker image tag; defaults to the id.")
-@click.option("--id", "deployment_id", help="Deployment id; defaults to a new one.")
+@_environment_option(required=True)
+@click.option("--branch", "-b", type=_BRANCH, help="Branch deployed (raw name).")
+@click.option("--commit", "-c", "commit_sha", type=_SHA, help="Commit _SHA (lowercase hex).")
+@click.option("--image-tag", type=_IMAGE_TAG, help="Docker image tag; defaults to the id.")
+@click.option("--id", "deployment_id", type=_FULL_ID, help="Deployment id; defaults to a new one.")
 @click.option("--status", type=click.Choice(RECORD_STATUSES), default="deployed", show_default=True)
-@click.option("--actor", help="Who deployed it.")
-@click.option("--run-id", help="CI run id.")
-@click.option("--run-url", help="CI run URL.")
-@click.option("--rollback-of", help="Id of the earlier deployment this rollback restores.")
-@click.option("--note", help="Free text.")
-@click.option("--committed-at", help="Commit time (ISO 8601), for lead time.")
+@click.option("--actor", type=_text("actor"), help="Who deployed it.")
+@click.option("--run-id", type=_RUN_ID, help="CI run id.")
+@click.option("--run-url", type=_RUN_URL, help="CI run URL.")
+@click.option("--rollback-of", type=_FULL_ID, help="Id of the earlier deployment this restores.")
+@click.option("--note", type=_text("note", multiline=True), help="Free text.")
+@click.option("--committed-at", type=_COMMIT_TIME, help="Commit time (ISO 8601), for lead time.")
 @click.option(
     "--promoted-from",
+    type=_FULL_ID,
     metavar="ID",
     help="Verified deployment (e.g. in staging) whose image this promotes; see `promote`.",
 )
 @click.option(
     "--override-gate",
+    "gate_reason",
+    type=_text("reason"),
     metavar="REASON",
-    help=f"Record despite the promotion gate (env {GATES_ENV_VAR}); kept as an event.",
+    help="Why this went past a promotion gate; kept with its gate_bypassed event.",
 )
-@output_options()
+@_gates_option()
+@_output_options()
 @click.pass_context
 def record_command(
-    ctx: click.Context,
-    environment: str,
-    branch: Optional[str],
-    commit_sha: Optional[str],
-    image_tag: Optional[str],
-    deployment_id: Optional[str],
-    status: str,
-    actor: Optional[str],
-    run_id: Optional[str],
-    run_url: Optional[str],
-    rollback_of: Optional[str],
-    note: Optional[str],
-    committed_at: Optional[str],
-    promoted_from: Optional[str],
-    override_gate: Optional[str],
-    output_format: Optional[str],
-    field: Optional[str],
-    github_output: bool,
+    ctx: click.Context, /, gates: dict[str, str], output: _OutputRequest, **fields: Any
 ) -> None:
-    """Record a deployment and print its id.
+    """Record a deployment that happened, and print its id.
 
     Recording the same id again with the same fields succeeds without change,
     so a retried step is safe. With --rollback-of, this is a rollback: branch,
@@ -2885,89 +2948,78 @@ def record_command(
     is marked rolled_back. With --promoted-from, they default to the promoted
     deployment's.
 
-    Promotion gate: production only receives an image that has a verified,
-    unblocked staging deployment (configure with DEPLOYMENT_TRACKER_GATES, e.g.
-    'staging:production,qa:staging', or 'none'). Rollbacks pass; anything else
-    is refused unless --override-gate gives a reason.
+    A record is a fact and is never refused by a promotion gate: a deployment
+    the gate would have kept out (production receiving an image that was not
+    verified in staging) is stored with a gate_bypassed event and a warning.
+    Gates are enforced before deploying, by `promote` and the workflow.
 
     \b
     Example:
-        deployment-tracker record --environment staging --branch main \\
-            --commit 3f2c9e1d4b5a69788796a5b4c3d2e1f0a9b8c7d6 \\
-            --id main_3f2c9e1_20260415123456 --actor octocat
+        deployment-tracker record -e staging --branch main \\
+            --commit 3f2c9e1d4b5a69788796a5b4c3d2e1f0a9b8c7d6 --actor octocat
     """
-    path = github_output_path() if github_output else None
-    given: dict[str, Any] = {
-        "environment": environment,
-        "branch": branch,
-        "commit_sha": commit_sha,
-        "image_tag": image_tag,
-        "deployment_id": deployment_id,
-        "status": status,
-        "actor": actor,
-        "run_id": run_id,
-        "run_url": run_url,
-        "rollback_of": rollback_of,
-        "note": note,
-        "committed_at": committed_at,
-        "promoted_from": promoted_from,
-        "override_gate": override_gate,
-    }
-    check_record_input(**given)
-    gates = promotion_gates(os.environ.get(GATES_ENV_VAR))
-    db = open_db(ctx, write=True)
-    record, created = record_deployment(
-        db, **given, gates=gates, warn=lambda text: click.echo(text, err=True)
-    )
+    request = RecordRequest(**fields)
+    db = _open_db(ctx, write=True)
+    record, created, objection = record_deployment(db, request, gates=gates)
     if not created:
-        click.echo(f"already recorded: {record['id']}", err=True)
-    emit_one(record, output_format, field, path, default_field="id")
+        click.echo(f"already recorded: {_printable(record['id'])}", err=True)
+    if objection is not None:
+        reason = f" (reason: {request.gate_reason})" if request.gate_reason else ""
+        _warn(f"recorded past the promotion gate{reason}: {objection}")
+    _emit_one(record, output, just_the_id=True)
 
 
 @cli.command("verify")
-@click.option("--id", "deployment_id", required=True, help="Deployment id.")
+@_deployment_argument()
+@_environment_option(required=False)
 @click.option("--status", type=click.Choice(VERIFY_STATUSES), required=True)
-@click.option("--by", help="Who (or what) verified it.")
-@click.option("--note", help="What was checked and what it answered.")
-@output_options()
+@click.option("--by", type=_text("verified_by"), help="Who (or what) verified it.")
+@click.option(
+    "--note",
+    type=_ANY_NOTE,
+    help="What was checked and what it answered (stored escaped, whatever it holds).",
+)
+@_output_options()
 @click.pass_context
 def verify_command(
     ctx: click.Context,
-    deployment_id: str,
+    id_argument: Optional[str],
+    id_option: Optional[str],
+    environment: Optional[str],
     status: str,
     by: Optional[str],
     note: Optional[str],
-    output_format: Optional[str],
-    field: Optional[str],
-    github_output: bool,
+    output: _OutputRequest,
 ) -> None:
     """Record the verification result of a deployment.
 
     deployed can become verified or failed; repeating the same result is a
-    no-op, a contradicting one is refused.
+    no-op, a contradicting one is refused. ID may be a unique start of an id,
+    or a commit's short sha (with --environment when it ran in several).
 
     \b
     Example:
-        deployment-tracker verify --id main_3f2c9e1_20260415123456 --status verified --by octocat
+        deployment-tracker verify main_3f2c9e1_20260415123456 --status verified --by octocat
     """
-    path = github_output_path() if github_output else None
-    check_verify_input(deployment_id, status, by=by, note=note)
-    db = open_db(ctx, write=True)
+    given = _given_id(id_argument, id_option, required=True)
+    assert given is not None
+    db = _open_db(ctx, write=True)
+    deployment_id = resolve_id(db, given, environment)
     record, changed = verify_deployment(db, deployment_id, status, by=by, note=note)
     if not changed:
-        click.echo(f"already {status}: {deployment_id}", err=True)
-    emit_one(record, output_format, field, path, default_field="id")
+        click.echo(f"already {status}: {_printable(deployment_id)}", err=True)
+    _emit_one(record, output, just_the_id=True)
 
 
 @cli.command("list")
-@environment_option(required=False)
-@click.option("--branch", "-b", help="Only this branch (raw name).")
+@_environment_option(required=False)
+@click.option("--branch", "-b", type=_BRANCH, help="Only this branch (raw name).")
 @click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
 @click.option(
     "--limit", "-n", type=click.IntRange(min=1), default=DEFAULT_LIST_LIMIT, show_default=True
 )
-@click.option("--all", "show_all", is_flag=True, help="No limit (JSON and CSV stream).")
-@output_options(github_output=False)
+@click.option("--all", "show_all", is_flag=True, help="No limit (JSON, CSV and TSV stream).")
+@_output_options(github_output=False, wide=True)
 @click.pass_context
 def list_command(
     ctx: click.Context,
@@ -2976,36 +3028,28 @@ def list_command(
     status: Optional[str],
     limit: int,
     show_all: bool,
-    output_format: Optional[str],
-    field: Optional[str],
+    output: _OutputRequest,
 ) -> None:
-    """List deployments, newest first.
+    """List deployments, newest first: id, environment, commit, status, age, who
+    verified it, and marks (rollback, promoted, BLOCKED, gate-bypassed).
 
     \b
     Example:
-        deployment-tracker list --environment staging --limit 5
-        deployment-tracker list --status verified --format json
+        deployment-tracker list -e staging --limit 5
+        deployment-tracker list --status verified -o json
     """
-    if environment is not None:
-        check_environment(environment)
-    if branch is not None:
-        check_branch(branch)
-    db = open_db(ctx)
-    records = list_deployments(
-        db,
-        environment=environment,
-        branch=branch,
-        status=status,
-        limit=None if show_all else limit,
-    )
-    if field:
-        echo_field(records, field)
-    else:
-        echo_records(records, output_format or "table", columns=TABLE_COLUMNS)
+    db = _open_db(ctx)
+    filters = {"environment": environment, "branch": branch, "status": status}
+    records = list_deployments(db, **filters, limit=None if show_all else limit)
+    shown = _echo_records(records, output)
+    if not show_all and shown == limit and sys.stderr.isatty():
+        total = count_deployments(db, **filters)
+        if total > shown:
+            click.echo(f"{shown} of {total} shown; --all or --limit N for more", err=True)
 
 
 @cli.command("latest")
-@environment_option(required=True)
+@_environment_option(required=True)
 @click.option(
     "--status",
     type=click.Choice((*STATUSES, "any")),
@@ -3013,108 +3057,101 @@ def list_command(
     show_default=True,
     help="Latest with this status; 'any' is what runs now.",
 )
-@output_options()
+@_output_options()
 @click.pass_context
 def latest_command(
-    ctx: click.Context,
-    environment: str,
-    status: str,
-    output_format: Optional[str],
-    field: Optional[str],
-    github_output: bool,
+    ctx: click.Context, environment: str, status: str, output: _OutputRequest
 ) -> None:
     """Show the latest verified deployment in an environment.
 
     \b
     Example:
-        deployment-tracker latest --environment production --field image_tag
+        deployment-tracker latest -e production --field image_tag
     """
-    path = github_output_path() if github_output else None
-    check_environment(environment)
-    db = open_db(ctx)
-    emit_one(latest(db, environment, status), output_format, field, path)
+    _emit_one(latest(_open_db(ctx), environment, status), output)
 
 
 @cli.command("get")
-@click.option("--id", "deployment_id", required=True, help="Deployment id.")
-@output_options()
+@_deployment_argument()
+@_environment_option(required=False)
+@_output_options()
 @click.pass_context
 def get_command(
     ctx: click.Context,
-    deployment_id: str,
-    output_format: Optional[str],
-    field: Optional[str],
-    github_output: bool,
+    id_argument: Optional[str],
+    id_option: Optional[str],
+    environment: Optional[str],
+    output: _OutputRequest,
 ) -> None:
     """Show one deployment and every status change it went through.
 
+    ID may be a unique start of an id, or a commit's short sha (with
+    --environment when it ran in several).
+
     \b
     Example:
-        deployment-tracker get --id branch_1_abc1234_20230415123456 --format json
+        deployment-tracker get main_3f2c9e1_20260415123456 -o json
+        deployment-tracker get 3f2c9e1 -e production
     """
-    path = github_output_path() if github_output else None
-    check_id(deployment_id)
-    db = open_db(ctx)
-    record = get_deployment(db, deployment_id)
-    if path:
-        write_github_output(path, record)
-    if field or (path and output_format is None):
-        echo_field([record], field or "id")
-    else:
-        echo_details(record, events(db, deployment_id), output_format or "table")
+    given = _given_id(id_argument, id_option, required=True)
+    assert given is not None
+    db = _open_db(ctx)
+    record = get_deployment(db, resolve_id(db, given, environment))
+    _emit_one(record, output, history=events(db, record["id"]))
 
 
 @cli.command("rollback-target")
-@environment_option(required=True)
-@click.option("--id", "deployment_id", help="Roll back to this deployment.")
-@click.option("--force", is_flag=True, help="Accept an unverified or blocked --id target (warns).")
-@output_options()
+@_environment_option(required=True)
+@_deployment_argument(required=False)
+@click.option("--force", is_flag=True, help="Accept an unverified or blocked ID (warns).")
+@_output_options()
 @click.pass_context
 def rollback_target_command(
     ctx: click.Context,
     environment: str,
-    deployment_id: Optional[str],
+    id_argument: Optional[str],
+    id_option: Optional[str],
     force: bool,
-    output_format: Optional[str],
-    field: Optional[str],
-    github_output: bool,
+    output: _OutputRequest,
 ) -> None:
     """Show the deployment to roll back to.
 
-    Without --id: the latest verified, unblocked deployment whose image
-    differs from the one running now (the newest deployment in the
-    environment). With --id: that deployment, which must be in the environment,
-    verified and not blocked (--force accepts it anyway, with a warning).
+    Without ID: the latest verified, unblocked deployment whose image differs
+    from the one running now (the newest deployment in the environment). With
+    ID: that deployment, which must be in the environment, verified and not
+    blocked (--force accepts it anyway, with a warning). The answer is the
+    deployment that first shipped that image there, so rollbacks name it.
 
     \b
     Example:
-        deployment-tracker rollback-target --environment production --field image_tag
+        deployment-tracker rollback-target -e production --field image_tag
     """
-    path = github_output_path() if github_output else None
-    check_environment(environment)
-    if deployment_id is not None:
-        check_id(deployment_id)
-    db = open_db(ctx)
-    target = rollback_target(
-        db, environment, deployment_id, force=force, warn=lambda text: click.echo(text, err=True)
-    )
-    emit_one(target, output_format, field, path)
+    given = _given_id(id_argument, id_option, required=False)
+    db = _open_db(ctx)
+    deployment_id = resolve_id(db, given, environment) if given else None
+    target, problems = rollback_target(db, environment, deployment_id, force=force)
+    for problem in problems:
+        _warn(f"forced: deployment {target['id']} {problem}")
+    _emit_one(target, output)
 
 
 @cli.command("block")
-@click.option("--id", "deployment_id", required=True, help="Deployment id.")
-@click.option("--reason", required=True, help="Why it must not be used (kept as an event).")
-@click.option("--by", help="Who blocks it.")
-@output_options()
+@_deployment_argument()
+@_environment_option(required=False)
+@click.option(
+    "--reason", type=_text("reason"), required=True, help="Why it must not be used (kept)."
+)
+@click.option("--by", type=_text("by"), help="Who blocks it.")
+@_output_options()
 @click.pass_context
 def block_command(
     ctx: click.Context,
-    deployment_id: str,
+    id_argument: Optional[str],
+    id_option: Optional[str],
+    environment: Optional[str],
     reason: str,
     by: Optional[str],
-    output_format: Optional[str],
-    field: Optional[str],
-    github_output: bool,
+    output: _OutputRequest,
 ) -> None:
     """Block a deployment: rollback-target and promote never pick it.
 
@@ -3123,35 +3160,38 @@ def block_command(
 
     \b
     Example:
-        deployment-tracker block --id main_3f2c9e1_20260415123456 \\
+        deployment-tracker block main_3f2c9e1_20260415123456 \\
             --reason "corrupts uploads (#123)" --by octocat
     """
-    path = github_output_path() if github_output else None
-    check_id(deployment_id)
-    check_text("reason", reason)
-    if by is not None:
-        check_text("by", by)
-    db = open_db(ctx, write=True)
+    given = _given_id(id_argument, id_option, required=True)
+    assert given is not None
+    db = _open_db(ctx, write=True)
+    deployment_id = resolve_id(db, given, environment)
     record, changed = block_deployment(db, deployment_id, reason=reason, by=by)
     if not changed:
-        click.echo(f"already blocked: {deployment_id} ({record['blocked_reason']})", err=True)
-    emit_one(record, output_format, field, path, default_field="id")
+        click.echo(
+            f"already blocked: {_printable(deployment_id)}"
+            f" ({_printable(record['blocked_reason'])})",
+            err=True,
+        )
+    _emit_one(record, output, just_the_id=True)
 
 
 @cli.command("unblock")
-@click.option("--id", "deployment_id", required=True, help="Deployment id.")
-@click.option("--reason", help="Why it may be used again (kept as an event).")
-@click.option("--by", help="Who unblocks it.")
-@output_options()
+@_deployment_argument()
+@_environment_option(required=False)
+@click.option("--reason", type=_text("reason"), help="Why it may be used again (kept).")
+@click.option("--by", type=_text("by"), help="Who unblocks it.")
+@_output_options()
 @click.pass_context
 def unblock_command(
     ctx: click.Context,
-    deployment_id: str,
+    id_argument: Optional[str],
+    id_option: Optional[str],
+    environment: Optional[str],
     reason: Optional[str],
     by: Optional[str],
-    output_format: Optional[str],
-    field: Optional[str],
-    github_output: bool,
+    output: _OutputRequest,
 ) -> None:
     """Lift a block, recorded as an 'unblocked' event.
 
@@ -3159,60 +3199,103 @@ def unblock_command(
 
     \b
     Example:
-        deployment-tracker unblock --id main_3f2c9e1_20260415123456 --by octocat
+        deployment-tracker unblock main_3f2c9e1_20260415123456 --by octocat
     """
-    path = github_output_path() if github_output else None
-    check_id(deployment_id)
-    if reason is not None:
-        check_text("reason", reason)
-    if by is not None:
-        check_text("by", by)
-    db = open_db(ctx, write=True)
+    given = _given_id(id_argument, id_option, required=True)
+    assert given is not None
+    db = _open_db(ctx, write=True)
+    deployment_id = resolve_id(db, given, environment)
     record, changed = unblock_deployment(db, deployment_id, by=by, reason=reason)
     if not changed:
-        click.echo(f"not blocked: {deployment_id}", err=True)
-    emit_one(record, output_format, field, path, default_field="id")
+        click.echo(f"not blocked: {_printable(deployment_id)}", err=True)
+    _emit_one(record, output, just_the_id=True)
 
 
 @cli.command("promote")
 @click.option(
-    "--from", "source", default="staging", show_default=True, help="Environment to promote from."
+    "--from",
+    "source",
+    type=_ENVIRONMENT,
+    default="staging",
+    show_default=True,
+    help="Environment to promote from.",
 )
 @click.option(
-    "--to", "target", default="production", show_default=True, help="Environment to promote to."
+    "--to",
+    "target",
+    type=_ENVIRONMENT,
+    default="production",
+    show_default=True,
+    help="Environment to promote to.",
 )
-@click.option("--id", "deployment_id", help="Promote this deployment, not the latest verified.")
-@output_options()
+@_deployment_argument(required=False)
+@click.option(
+    "--commit", "commit_sha", type=_SHA, help="Promote this commit's verified deployment."
+)
+@click.option(
+    "--build-if-ungated",
+    is_flag=True,
+    help="With --commit: when it has no verified deployment in --from and no gate"
+    " guards --to, succeed with mode=build (the caller builds and deploys it).",
+)
+@_gates_option()
+@_output_options()
 @click.pass_context
 def promote_command(
     ctx: click.Context,
     source: str,
     target: str,
-    deployment_id: Optional[str],
-    output_format: Optional[str],
-    field: Optional[str],
-    github_output: bool,
+    id_argument: Optional[str],
+    id_option: Optional[str],
+    commit_sha: Optional[str],
+    build_if_ungated: bool,
+    gates: dict[str, str],
+    output: _OutputRequest,
 ) -> None:
-    """Show the deployment to promote; its image goes on without a rebuild.
+    """Decide what --to gets from --from: the image of a verified deployment,
+    without a rebuild. This is where the promotion gate is enforced.
 
-    Without --id: the latest verified, unblocked deployment in --from. With
-    --id: that deployment, which must be in --from, verified and unblocked.
-    Refused when --to already runs its image. Only reads: deploy its
-    image_tag, then record the promotion with `record --promoted-from ID`.
+    With ID: that deployment, which must be in --from, verified and unblocked.
+    With --commit: the latest verified, unblocked deployment of that commit in
+    --from; when there is none, the gate refuses (exit 1), or, with no gate
+    and --build-if-ungated, the answer is mode=build. With neither: the latest
+    verified, unblocked deployment in --from. Refused when --to already runs
+    the image. Only reads: deploy its image_tag, then record it with
+    `record --promoted-from ID`.
 
     \b
     Example:
         deployment-tracker promote --from staging --to production --field image_tag
-        deployment-tracker record --environment production \\
-            --promoted-from main_3f2c9e1_20260415123456
+        deployment-tracker promote --commit 3f2c9e1 --build-if-ungated --github-output
     """
-    path = github_output_path() if github_output else None
-    check_environment(source)
-    check_environment(target)
-    if deployment_id is not None:
-        check_id(deployment_id)
-    db = open_db(ctx)
-    emit_one(promotion_candidate(db, source, target, deployment_id), output_format, field, path)
+    given = _given_id(id_argument, id_option, required=False)
+    if given and commit_sha:
+        raise click.UsageError("give a deployment ID or --commit, not both")
+    db = _open_db(ctx)
+    deployment_id = resolve_id(db, given, source) if given else None
+    try:
+        candidate = promotion_candidate(
+            db, source, target, deployment_id=deployment_id, commit_sha=commit_sha
+        )
+    except NotFound as error:
+        if commit_sha is None:
+            raise
+        gate_source = gates.get(target)
+        if gate_source is not None:
+            raise NotFound(
+                f"{error}, and the {gate_source}:{target} gate requires one: deploy commit"
+                f" {commit_sha} to {gate_source} first, promote a verified {gate_source}"
+                f" deployment by its id, or turn the gate off ({GATES_ENV_VAR}=none)"
+            ) from None
+        if not build_if_ungated:
+            raise
+        _warn(f"{error}; no gate guards {target}: build and deploy commit {commit_sha}")
+        decision: Record = {"mode": "build", "commit_sha": commit_sha}
+        if output.github_output:
+            _write_github_output(output.github_output, decision)
+        click.echo("build")
+        return
+    _emit_one({**candidate, "mode": "promote"} if output.github_output else candidate, output)
 
 
 @cli.command("prune")
@@ -3222,10 +3305,10 @@ def promote_command(
     required=True,
     help="How many of the newest deployments stay in each environment.",
 )
-@environment_option(required=False)
+@_environment_option(required=False)
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; change nothing.")
-@click.option("--by", help="Who prunes (kept in the prune log).")
-@output_options(github_output=False)
+@click.option("--by", type=_text("by"), help="Who prunes (kept in the prune log).")
+@_output_options(github_output=False, wide=True)
 @click.pass_context
 def prune_command(
     ctx: click.Context,
@@ -3233,8 +3316,7 @@ def prune_command(
     environment: Optional[str],
     dry_run: bool,
     by: Optional[str],
-    output_format: Optional[str],
-    field: Optional[str],
+    output: _OutputRequest,
 ) -> None:
     """Delete the oldest deployments beyond --keep per environment.
 
@@ -3246,215 +3328,42 @@ def prune_command(
     \b
     Example:
         deployment-tracker prune --keep 50 --dry-run
-        deployment-tracker prune --keep 50 --environment staging --by octocat
+        deployment-tracker prune --keep 50 -e staging --by octocat
     """
-    if environment is not None:
-        check_environment(environment)
-    if by is not None:
-        check_text("by", by)
-    db = open_db(ctx, write=not dry_run)
-    removed, removed_events = prune(db, keep, environment, by=by, dry_run=dry_run)
+    db = _open_db(ctx, write=not dry_run)
+    if dry_run:
+        removed = plan_prune(db, keep, environment)
+        removed_events = count_events(db, removed)
+    else:
+        removed, removed_events = prune(db, keep, environment, by=by)
     click.echo(
         f"{'would remove' if dry_run else 'removed'} {len(removed)} deployment(s)"
         f" and {removed_events} event(s)",
         err=True,
     )
-    if field:
-        echo_field(removed, field)
-    else:
-        echo_records(removed, output_format or "table", columns=TABLE_COLUMNS)
-
-
-@cli.command("notify")
-@click.option("--event", type=click.Choice(NOTIFY_EVENTS), required=True, help="What happened.")
-@click.option("--id", "deployment_id", required=True, help="The deployment it happened to.")
-@click.option("--message", help="An extra line, e.g. what the check answered.")
-@click.option(
-    "--webhook-url-env",
-    default=WEBHOOK_ENV_VAR,
-    show_default=True,
-    metavar="NAME",
-    help="Environment variable holding the webhook URL.",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1, max=300),
-    default=NOTIFY_TIMEOUT_SECONDS,
-    show_default=True,
-    help="Seconds to wait for each attempt.",
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(min=0, max=10),
-    default=NOTIFY_RETRIES,
-    show_default=True,
-    help="Further attempts after a timeout, network error, 429 or 5xx.",
-)
-@click.option(
-    "--retry-delay",
-    type=click.FloatRange(min=0, max=60),
-    default=NOTIFY_RETRY_DELAY_SECONDS,
-    show_default=True,
-    help="Seconds before the first retry; doubles each time.",
-)
-@click.pass_context
-def notify_command(
-    ctx: click.Context,
-    event: str,
-    deployment_id: str,
-    message: Optional[str],
-    webhook_url_env: str,
-    timeout: float,
-    retries: int,
-    retry_delay: float,
-) -> None:
-    """Post a Slack-compatible webhook message about a deployment.
-
-    The URL comes from an environment variable (a CI secret); when it is unset
-    this does nothing. A notification that cannot be delivered prints a
-    warning and still exits 0: it never fails the deployment.
-
-    \b
-    Example:
-        DEPLOYMENT_TRACKER_WEBHOOK_URL=https://hooks.slack.com/services/... \\
-            deployment-tracker notify --event verification-failed \\
-            --id main_3f2c9e1_20260415123456 --message "GET /health answered 500"
-    """
-    check_id(deployment_id)
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", webhook_url_env):
-        raise InvalidInput(
-            f"--webhook-url-env must be a variable name: {describe(webhook_url_env)}"
-        )
-    if message is not None:
-        check_text("note", message, multiline=True)
-    url = os.environ.get(webhook_url_env, "").strip()
-    if not url:
-        click.echo(f"note: {webhook_url_env} is not set; no notification sent", err=True)
-        return
-    record: Optional[Record] = None
-    try:
-        record = get_deployment(open_db(ctx), deployment_id)
-    except TrackerError as error:
-        click.echo(f"note: sending without deployment details: {error}", err=True)
-    payload = {"text": notification_text(event, deployment_id, record, message)}
-    delivered = send_webhook(
-        url,
-        payload,
-        timeout=timeout,
-        retries=retries,
-        retry_delay=retry_delay,
-        say=lambda text: click.echo(text, err=True),
-    )
-    if delivered:
-        click.echo(f"notified: {event} {deployment_id}", err=True)
-
-
-@cli.command(
-    "with-history",
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
-)
-@click.option(
-    "--remote",
-    envvar=HISTORY_REMOTE_ENV,
-    default=HISTORY_REMOTE,
-    show_default=True,
-    help=f"Git remote (name, URL or path) holding the history (env {HISTORY_REMOTE_ENV}).",
-)
-@click.option(
-    "--branch",
-    "history_branch",
-    envvar=HISTORY_BRANCH_ENV,
-    default=HISTORY_BRANCH,
-    show_default=True,
-    help=f"Branch holding {HISTORY_FILE} (env {HISTORY_BRANCH_ENV}).",
-)
-@click.option(
-    "--repo",
-    default=".",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Local git repository to work from (its work tree is never touched).",
-)
-@click.option(
-    "--attempts",
-    type=click.IntRange(1, 100),
-    default=HISTORY_ATTEMPTS,
-    show_default=True,
-    help="How often to fetch, apply and push before giving up.",
-)
-@click.option(
-    "--backoff",
-    type=click.FloatRange(0, 60),
-    default=HISTORY_BACKOFF_SECONDS,
-    show_default=True,
-    help="Base of the randomised exponential backoff between attempts, in seconds.",
-)
-@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
-@click.pass_context
-def with_history_command(
-    ctx: click.Context,
-    remote: str,
-    history_branch: str,
-    repo: str,
-    attempts: int,
-    backoff: float,
-    command: tuple[str, ...],
-) -> None:
-    """Run a tracker command against the history kept on a git branch.
-
-    Fetches the branch, runs COMMAND on a fresh copy of its database and, if
-    the command changed anything, commits the checkpointed file on top of the
-    fetched tip and pushes it (never forced). A rejected push is redone on the
-    newer tip after a randomised backoff. Reading commands just fetch and read.
-    The branch is created (without history) on first write. The global --db is
-    ignored; the command's exit code is passed on.
-
-    \b
-    Example:
-        deployment-tracker with-history -- record --environment staging \\
-            --branch main --commit 3f2c9e1d --id main_3f2c9e1_20260415123456
-        deployment-tracker with-history -- rollback-target --environment staging
-    """
-    name = command[0]
-    if name not in cli.commands or name == "with-history":
-        known = ", ".join(sorted(set(cli.commands) - {"with-history"}))
-        raise click.UsageError(f"with-history runs a tracker command ({known}), not {name!r}")
-    exit_code = run_with_history(
-        command,
-        repo=repo,
-        remote=remote,
-        branch=history_branch,
-        attempts=attempts,
-        backoff=backoff,
-        say=lambda text: click.echo(text, err=True),
-    )
-    ctx.exit(exit_code)
-
-
-def since_option() -> Callable[[F], F]:
-    return click.option(
-        "--since",
-        default=DEFAULT_SINCE,
-        show_default=True,
-        metavar="SPAN|DATE",
-        help="Window start: a span back from now (12h, 30d, 2w) or an ISO 8601 date/time (UTC).",
-    )
+    _echo_records(removed, output)
 
 
 @cli.command("stats")
-@environment_option(required=False)
-@since_option()
+@_environment_option(required=False)
+@_since_option()
 @click.option(
+    "-o",
+    "--output",
     "--format",
     "output_format",
-    type=click.Choice(OUTPUT_FORMATS),
+    type=_OutputFormatType(),
     default="table",
-    metavar="FORMAT",
-    help="table (default), json, csv, or a tabulate format such as github.",
+    help="table (default), json, csv, tsv, or a tabulate format such as github.",
 )
+@click.option("--no-headers", is_flag=True, help="Tables, CSV and TSV without a header.")
 @click.pass_context
 def stats_command(
-    ctx: click.Context, environment: Optional[str], since: str, output_format: str
+    ctx: click.Context,
+    environment: Optional[str],
+    since: datetime,
+    output_format: str,
+    no_headers: bool,
 ) -> None:
     """DORA figures per environment over the deployments made in a window.
 
@@ -3476,58 +3385,21 @@ def stats_command(
 
     \b
     Example:
-        deployment-tracker stats --environment production --since 30d
-        deployment-tracker stats --since 2026-01-01 --format json
+        deployment-tracker stats -e production --since 30d
+        deployment-tracker stats --since 2026-01-01 -o json
     """
     now = utc_now()
-    start = parse_since(since, now)
-    if environment is not None:
-        check_environment(environment)
-    db = open_db(ctx)
-    figures = deployment_stats(db, since=start, environment=environment, now=now)
-    echo_stats(figures, output_format, since=start, until=now)
-
-
-def timeline_text(
-    db: sqlite3.Connection,
-    output_format: str,
-    *,
-    since: datetime,
-    environment: Optional[str],
-    now: datetime,
-) -> str:
-    """What `timeline` prints for the window from `since` to `now`."""
-    names = [environment] if environment else deployment_environments(db)
-    if output_format == "html":
-        records, total = timeline_deployments(db, since=since, environment=environment, now=now)
-        lanes = [(name, [one for one in records if one["environment"] == name]) for name in names]
-        return render_timeline_html(
-            lanes,
-            rollback_targets_outside(db, records),
-            deployment_stats(db, since=since, environment=environment, now=now),
-            since=since,
-            until=now,
-            total=total,
-        )
-    mermaid_lanes = []
-    earlier: dict[str, Record] = {}
-    for name in names:
-        records, total = timeline_deployments(
-            db, since=since, environment=name, now=now, limit=MERMAID_MAX_PER_ENVIRONMENT
-        )
-        mermaid_lanes.append((name, records, total - len(records)))
-        earlier.update(rollback_targets_outside(db, records))
-    mermaid = render_mermaid(mermaid_lanes, earlier)
-    if output_format == "mermaid":
-        return mermaid
-    figures = deployment_stats(db, since=since, environment=environment, now=now)
-    return render_markdown_summary(figures, mermaid, since=since, until=now)
+    figures = deployment_stats(_open_db(ctx), since=since, environment=environment, now=now)
+    output = _OutputRequest(format=output_format, headers=not no_headers)
+    _echo_stats(figures, output, since=since, until=now)
 
 
 @cli.command("timeline")
-@environment_option(required=False)
-@since_option()
+@_environment_option(required=False)
+@_since_option()
 @click.option(
+    "-o",
+    "--output",
     "--format",
     "output_format",
     type=click.Choice(TIMELINE_FORMATS),
@@ -3538,7 +3410,7 @@ def timeline_text(
 )
 @click.pass_context
 def timeline_command(
-    ctx: click.Context, environment: Optional[str], since: str, output_format: str
+    ctx: click.Context, environment: Optional[str], since: datetime, output_format: str
 ) -> None:
     """Draw the deployments in a window: a lane per environment, a mark per
     deployment coloured by status, an arrow from each rollback back to what it
@@ -3550,16 +3422,18 @@ def timeline_command(
 
     \b
     Example:
-        deployment-tracker timeline --since 14d --format markdown >> "$GITHUB_STEP_SUMMARY"
-        deployment-tracker timeline --since 90d --format html > timeline.html
+        deployment-tracker timeline --since 14d -o markdown >> "$GITHUB_STEP_SUMMARY"
+        deployment-tracker timeline --since 90d -o html > timeline.html
     """
     now = utc_now()
-    start = parse_since(since, now)
-    if environment is not None:
-        check_environment(environment)
-    db = open_db(ctx)
-    text = timeline_text(db, output_format, since=start, environment=environment, now=now)
+    db = _open_db(ctx)
+    text = _timeline_text(db, output_format, since=since, environment=environment, now=now)
     click.echo(text, nl=False)
+
+
+# ==========================================================================
+# main
+# ==========================================================================
 
 
 def main() -> None:

@@ -190,7 +190,8 @@ def build(path: Path, size: int) -> None:
         for _, sql in indexes:
             db.execute(sql)
 
-    dt.write_transaction(db, insert_all)
+    with dt.transaction(db):
+        insert_all()
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
     building.rename(path)
@@ -308,6 +309,11 @@ class Launcher:
     def floor(self, *modules: str) -> list[str]:
         return [*self.python_argv(), "-c", "import " + ", ".join(("click", "sqlite3", *modules))]
 
+    def script(self, *args: str) -> list[str]:
+        """`python deployment_tracker.py ...`, as the original design runs it: the
+        file is compiled on every call (a script's bytecode is never cached)."""
+        return [*self.python_argv(), str(REPO / "deployment_tracker.py"), *args]
+
     def tool(self, *args: str) -> list[str]:
         if self.console_script:
             return [str(Path(self.python).parent / "deployment-tracker"), *args]
@@ -332,7 +338,7 @@ def subjects(path: Path, size: int) -> Subjects:
     db = dt.connect(str(path), write=False)
     try:
         middle = db.execute("SELECT id FROM deployments WHERE seq = ?", (size // 2,)).fetchone()[0]
-        target = dt.rollback_target(db, QUERY_ENVIRONMENT)["id"]
+        target = dt.rollback_target(db, QUERY_ENVIRONMENT)[0]["id"]
     finally:
         db.close()
     return Subjects(get_id=middle, rollback_id=target)
@@ -370,7 +376,20 @@ def reading_cases(launcher: Launcher, db: Path, ids: Subjects, github_output: Pa
     # error imports difflib to suggest names: a few ms that --environment avoids.
     short = launcher.tool("--db", str(db), "latest", "-e", QUERY_ENVIRONMENT, "--format", "json")
     cases.append(Case("`latest -e` --format json", "machine", lambda _: short))
-    sql = dt.SELECT_DEPLOYMENT
+    script = launcher.script("--db", str(db), *commands["latest"], "--format", "json")
+    cases.append(Case("`python deployment_tracker.py latest` --format json", "script",
+                      lambda _: script))  # fmt: skip
+    # What the shell runs on TAB after `deployment-tracker get `: ids from the database.
+    words = f"deployment-tracker --db {db} get "
+    completion = {
+        "_DEPLOYMENT_TRACKER_COMPLETE": "bash_complete",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split())),
+    }
+    cases.append(
+        Case("completion of `get ID`", "machine", lambda _: launcher.tool(), env=completion)
+    )
+    sql = f"SELECT {', '.join(dt.FIELDS)} FROM deployments"  # what the tracker selects
     in_environment = f"{sql} WHERE environment = {quoted(QUERY_ENVIRONMENT)}"
     newest = "ORDER BY seq DESC LIMIT"
     running_image = in_environment.replace(sql, "SELECT image_tag FROM deployments")
@@ -411,13 +430,13 @@ def write_cases(launcher: Launcher, db: Path) -> list[Case]:
 
     connection = dt.connect(str(db), write=True)
     try:  # what the first (checking) run of verify needs
-        dt.record_deployment(
-            connection,
+        request = dt.RecordRequest(
             environment="staging",
             branch="bench/record",
             commit_sha=sha,
             deployment_id=recorded_id(-2),
         )
+        dt.record_deployment(connection, request, gates={})
     finally:
         connection.close()
     return [Case("`record`", "write", record), Case("`verify`", "write", verify)]
@@ -437,14 +456,10 @@ def write_rate(path: Path, seconds: float) -> tuple[float, str]:
     moment = datetime.now(timezone.utc) - timedelta(days=1)
     while (elapsed := time.perf_counter() - started) < seconds:
         sha = f"{count:07x}" + "f" * 33
-        dt.record_deployment(
-            db,
-            environment="staging",
-            branch="bench/write-rate",
-            commit_sha=sha,
-            actor="bench",
-            now=moment,
+        request = dt.RecordRequest(
+            environment="staging", branch="bench/write-rate", commit_sha=sha, actor="bench"
         )
+        dt.record_deployment(db, request, gates={}, now=moment)
         count += 1
     db.close()
     return count / elapsed, settings
@@ -473,6 +488,8 @@ TARGETS = {  # kind: (at most this many times the base, what the base is)
     "table": (1.3, "floor + tabulate"),
     "start-up": (1.2, "floor"),
 }
+# The script path pays for compiling the whole file each time; reported, not judged.
+UNJUDGED = ("script",)
 MAX_GROWTH = 1.10  # machine output on the largest size vs the smallest
 MAX_MEMORY_RATIO = 1.5
 
@@ -569,10 +586,36 @@ def report(results: Results) -> str:
     return "\n".join(lines)
 
 
+def compile_share(results: Results, runs: int) -> str:
+    """How much of a `python deployment_tracker.py` run is compiling the file."""
+    source = (REPO / "deployment_tracker.py").read_text(encoding="utf-8")
+    lines = source.count("\n")
+    timings = []
+    for _ in range(max(runs, 5)):
+        started = time.perf_counter()
+        compile(source, "deployment_tracker.py", "exec")
+        timings.append(time.perf_counter() - started)
+    compile_ms = statistics.median(timings) * 1000
+    largest = results.per_size[results.sizes[-1]]
+    script = largest["`python deployment_tracker.py latest` --format json"].sample.median_ms
+    installed = largest["`latest` --format json"].sample.median_ms
+    floor = largest["floor"].sample.median_ms
+    return (
+        f"`python deployment_tracker.py latest --format json` ({label(results.sizes[-1])}):"
+        f" {script / floor:.2f}x the floor, against {installed / floor:.2f}x for the installed"
+        f" command (cached bytecode). Compiling the file ({lines:,} lines) takes"
+        f" {compile_ms:.1f} ms ({compile_ms / lines * 1000:.1f} ms per 1,000 lines):"
+        f" {compile_ms / script:.0%} of the script run, {compile_ms / floor:.2f}x of the floor."
+    )
+
+
 def startup_cases(launcher: Launcher) -> list[Case]:
     new_id = ("new-id", "--branch", "feature/login", "--commit", "3f2c9e1d")
     return [
         Case("`--help`", "start-up", lambda _: launcher.tool("--help")),
+        Case(
+            "`python deployment_tracker.py --help`", "script", lambda _: launcher.script("--help")
+        ),
         Case("`new-id`", "start-up", lambda _: launcher.tool(*new_id)),
         Case(
             "`new-id` --format json",
@@ -644,6 +687,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(report(results))
+    print()
+    print(compile_share(results, options.runs))
     print()
     print(machine(launcher, load_at_start))
 
