@@ -264,8 +264,7 @@ PYTHON_APP = {
     ),
     "requirements.txt": "flask==3.1.0\ngunicorn==23.0.0\n",
     "Dockerfile": (
-        "FROM python:3.12-slim\nCOPY . /app\nRUN pip install /app\n"
-        'CMD ["gunicorn", "shop:app"]\n'
+        'FROM python:3.12-slim\nCOPY . /app\nRUN pip install /app\nCMD ["gunicorn", "shop:app"]\n'
     ),
 }
 NODE_APP = {
@@ -284,7 +283,9 @@ NODE_APP = {
         "const express = require('express');\nconst app = express();\n"
         "app.get('/healthz', (req, res) => res.send('ok'));\napp.listen(8080);\n"
     ),
-    "Dockerfile": 'FROM node:22-slim\nCOPY . /app\nWORKDIR /app\nRUN npm ci\nCMD ["node", "server.js"]\n',
+    "Dockerfile": (
+        'FROM node:22-slim\nCOPY . /app\nWORKDIR /app\nRUN npm ci\nCMD ["node", "server.js"]\n'
+    ),
 }
 APPS = {"python": PYTHON_APP, "node": NODE_APP}
 
@@ -545,9 +546,7 @@ def make_world(
 ) -> Iterator[Any]:
     made: list[World] = []
 
-    def make(
-        name: str = "app", kind: str = "python", remote: Path | None = None
-    ) -> World:
+    def make(name: str = "app", kind: str = "python", remote: Path | None = None) -> World:
         remote = remote or bare_remote(tmp_path / f"{name}-remote.git")
         world = World(tmp_path, runner_packages, tracker_release, wheels, remote, name, kind)
         made.append(world)
@@ -645,7 +644,10 @@ def test_a_push_builds_deploys_and_verifies(make_world: Any, kind: str) -> None:
     assert "Automatic rollback" not in result.output
     assert world.service.state.notifications == []
     # The tracker came from the pinned commit, installed from the hash-pinned wheels.
-    assert "--require-hashes" in (world.release.folder / ".github/actions/setup/install.sh").read_text()
+    assert (
+        "--require-hashes"
+        in (world.release.folder / ".github/actions/setup/install.sh").read_text()
+    )
     world.assert_untouched()
 
 
@@ -895,7 +897,8 @@ def test_a_hostile_version_answer_is_recorded_fenced_and_escaped(world: World) -
     assert len(note) <= 300
     # The log: the note (with its `##[error]`) only between stop-commands and the token.
     lines = result.output.splitlines()
-    fenced = [n for n, line in enumerate(lines) if "forged annotation" in line]
+    # (act shows a step's log lines as `[job]   | line`, its summaries apart.)
+    fenced = [n for n, line in enumerate(lines) if "]   | " in line and "forged annotation" in line]
     assert fenced
     for number in fenced:
         before = [line for line in lines[:number] if "::stop-commands::" in line]
