@@ -643,11 +643,6 @@ def test_a_push_builds_deploys_and_verifies(make_world: Any, kind: str) -> None:
     assert "```mermaid" in result.output  # the timeline in the step summary
     assert "Automatic rollback" not in result.output
     assert world.service.state.notifications == []
-    # The tracker came from the pinned commit, installed from the hash-pinned wheels.
-    assert (
-        "--require-hashes"
-        in (world.release.folder / ".github/actions/setup/install.sh").read_text()
-    )
     world.assert_untouched()
 
 
@@ -684,6 +679,28 @@ def test_a_failing_service_is_rolled_back_to_the_last_verified_image(
     assert bad["id"] in failed_note and "500" in failed_note
     assert rollback["id"] in rollback_note and good in rollback_note
     world.assert_untouched()
+
+
+def test_a_wheel_that_does_not_match_its_pinned_hash_is_never_installed(
+    make_world: Any, tmp_path: Path
+) -> None:
+    """Fakes: docker, kubectl (neither may be called). The wheel folder serves a click wheel
+    whose bytes differ from the pinned hash: the setup action refuses it, nothing runs."""
+    world: World = make_world()
+    tampered = tmp_path / "tampered-wheels"
+    shutil.copytree(world.wheels, tampered)
+    (click_wheel,) = tampered.glob("click-*.whl")
+    with click_wheel.open("ab") as wheel:
+        wheel.write(b"\0")  # still a valid zip, different bytes
+    world.wheels = tampered
+    world.commit("a change")
+
+    result = world.run("push")
+
+    assert result.returncode != 0
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in result.output
+    assert world.calls_of("docker") == [] and world.calls_of("kubectl") == []
+    assert history_commits(world.remote) == []
 
 
 # --------------------------------------------------------------------------
