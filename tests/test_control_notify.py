@@ -260,8 +260,8 @@ def test_a_server_dripping_a_byte_a_second_is_cut_off_at_the_deadline(
     )
     elapsed = time.monotonic() - started
     release.set()
-    warned(result)
-    assert elapsed < 4.5, elapsed
+    assert "timed out" in warned(result) or "within 3s" in warned(result)
+    assert elapsed < 4, elapsed
     assert server.requests
 
 

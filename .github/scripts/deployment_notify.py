@@ -196,7 +196,8 @@ def send(url: str, payload: dict[str, str], deadline: float) -> None:
     if status.startswith("3"):
         raise NotSent(f"HTTP {status} redirect (not followed)")
     errors = done.stderr.decode("utf-8", "replace").strip().splitlines()
-    problem = errors[-1] if errors else f"curl exit status {done.returncode}"
+    # The first error says why; a retry after a partial answer adds "Failed to truncate file".
+    problem = errors[0] if errors else f"curl exit status {done.returncode}"
     raise NotSent(f"HTTP {status}" if status[:1] in ("4", "5") else _redact(problem, url))
 
 
