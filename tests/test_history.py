@@ -212,6 +212,22 @@ def test_usage_errors_are_one_line_and_exit_2(
     assert history_commits(remote) == []
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DEPLOYMENT_HISTORY_MAX_BYTES": "lots"}, "DEPLOYMENT_HISTORY_MAX_BYTES must be a number"),
+        ({"DEPLOYMENT_TRACKER_COMMAND": "'unclosed"}, "invalid tracker command"),
+    ],
+)
+def test_bad_settings_in_the_environment_are_usage_errors(
+    work: Path, remote: Path, env: dict[str, str], message: str
+) -> None:
+    result = with_history("--", "list", cwd=work, env=env)
+    assert result.returncode == 2
+    assert message in one_error_line(result)
+    assert history_commits(remote) == []
+
+
 def test_exhausted_retries_give_one_line_and_exit_1(work: Path) -> None:
     result = record(work, remote=str(work.parent / "missing.git"), attempts="3", backoff="0")
     assert result.returncode == 1

@@ -40,8 +40,8 @@ MAX_RECORD_BYTES = 1024 * 1024
 FIELD_LIMIT = 200
 MESSAGE_LIMIT = 1500
 EVENTS = ("verification-failed", "rollback", "rollback-failed")
-# C0/C1 controls and the Unicode bidi controls, which reorder how text is displayed.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0/C1 controls, line separators and the Unicode bidi controls (which reorder displayed text).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _LINK = re.compile(r"https?://[^\s<>|]+")
 
 
