@@ -341,7 +341,7 @@ def test_six_racing_writers_all_land(tmp_path: Path, remote: Path) -> None:
     writers, per_writer = 6, 5
     clones = [clone(remote, tmp_path / f"clone-{n}") for n in range(writers)]
     started = time.monotonic()
-    env = fake_git(tmp_path / "plain-git")  # the venv's bin first on PATH, for the tracker
+    env = {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # the venv's deployment-tracker
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", WRITER, str(HISTORY_SCRIPT), str(path), str(n), str(per_writer)],
