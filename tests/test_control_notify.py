@@ -103,22 +103,15 @@ def test_a_tracker_record_is_posted_as_slack_json(
     server = servers(answer(200))
     db = str(tmp_path / "d.db")
     extra = ["--run-id", "77", "--run-url", "https://ci.x/r/77", "--id", ID]
-    assert (
-        tracker(
-            "--db", db, "record", "-e", "staging", "-b", "main", "-c", SHA, *extra, cwd=tmp_path
-        ).returncode
-        == 0
-    )
-    assert (
-        tracker("--db", db, "verify", "--id", ID, "--status", "failed", cwd=tmp_path).returncode
-        == 0
-    )
+    for args in (
+        ["record", "-e", "staging", "-b", "main", "-c", SHA, *extra],
+        ["verify", "--id", ID, "--status", "failed"],
+    ):
+        assert tracker("--db", db, *args, cwd=tmp_path).returncode == 0
     printed = tracker("--db", db, "get", "--id", ID, "--format", "json", cwd=tmp_path).stdout
     message = "GET /health -> 500 <boom> & more"
-    result = notify(
-        server.url + SECRET_PATH, "--event", "verification-failed", "--message", message,
-        record=printed, cwd=tmp_path,
-    )  # fmt: skip
+    args = ["--event", "verification-failed", "--message", message]
+    result = notify(server.url + SECRET_PATH, *args, record=printed, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout == "", result.stdout
     assert result.stderr == f"notified: verification-failed {ID}\n"
     text = payload(server)
@@ -134,10 +127,8 @@ def test_rollback_and_rollback_failed_messages(
     server = servers(answer(204, b""))
     record = {**HOSTILE, "environment": "staging", "rollback_of": "main_0000000_20250101000000"}
     for event in ("rollback", "rollback-failed"):
-        assert (
-            notify(server.url + SECRET_PATH, "--event", event, record=record, cwd=tmp_path).stdout
-            == ""
-        )
+        result = notify(server.url + SECRET_PATH, "--event", event, record=record, cwd=tmp_path)
+        assert result.stdout == ""
     first, second = payload(server, 0), payload(server, 1)
     assert first.startswith(f":rewind: Automatic rollback in *staging*: now running {ID}")
     assert "restores main_0000000_20250101000000" in first
@@ -260,8 +251,8 @@ def test_a_server_dripping_a_byte_a_second_is_cut_off_at_the_deadline(
     )
     elapsed = time.monotonic() - started
     release.set()
-    warned(result)
-    assert elapsed < 4.5, elapsed
+    assert "timed out" in warned(result) or "within 3s" in warned(result)
+    assert elapsed < 4, elapsed
     assert server.requests
 
 

@@ -212,6 +212,22 @@ def test_usage_errors_are_one_line_and_exit_2(
     assert history_commits(remote) == []
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DEPLOYMENT_HISTORY_MAX_BYTES": "lots"}, "DEPLOYMENT_HISTORY_MAX_BYTES must be a number"),
+        ({"DEPLOYMENT_TRACKER_COMMAND": "'unclosed"}, "invalid tracker command"),
+    ],
+)
+def test_bad_settings_in_the_environment_are_usage_errors(
+    work: Path, remote: Path, env: dict[str, str], message: str
+) -> None:
+    result = with_history("--", "list", cwd=work, env=env)
+    assert result.returncode == 2
+    assert message in one_error_line(result)
+    assert history_commits(remote) == []
+
+
 def test_exhausted_retries_give_one_line_and_exit_1(work: Path) -> None:
     result = record(work, remote=str(work.parent / "missing.git"), attempts="3", backoff="0")
     assert result.returncode == 1
@@ -325,7 +341,7 @@ def test_six_racing_writers_all_land(tmp_path: Path, remote: Path) -> None:
     writers, per_writer = 6, 5
     clones = [clone(remote, tmp_path / f"clone-{n}") for n in range(writers)]
     started = time.monotonic()
-    env = fake_git(tmp_path / "plain-git")  # the venv's bin first on PATH, for the tracker
+    env = {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # the venv's deployment-tracker
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", WRITER, str(HISTORY_SCRIPT), str(path), str(n), str(per_writer)],

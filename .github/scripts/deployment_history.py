@@ -215,12 +215,16 @@ class Git:
             raise GitFailure(result.problem(f"git {args[0]} failed"))
         return result.stdout
 
-    def blob_to_file(self, blob: str, path: str) -> None:
-        """Stream a blob's exact bytes (no filters) into a file."""
-        with open(path, "wb") as out:
-            process = self._popen(["cat-file", "blob", blob], out)
-            _, err = process.communicate(b"")
-        if process.returncode != 0:
+    def read_blob(self, blob: str, sink: Callable[[bytes], object]) -> None:
+        """Stream a blob's exact bytes (cat-file applies no filters) into `sink`, by chunks."""
+        process = self._popen(["cat-file", "blob", blob], subprocess.PIPE)
+        stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+        assert stdin and stdout and stderr  # all three are pipes
+        stdin.close()
+        for chunk in iter(lambda: stdout.read(CHUNK), b""):
+            sink(chunk)
+        err = stderr.read()
+        if process.wait() != 0:
             raise GitFailure(Completed(process.returncode, b"", err).problem("git cat-file failed"))
 
 
@@ -247,11 +251,10 @@ def _fetch_tip(git: Git, remote: str, branch: str, *, shallow: bool) -> Optional
 def _commit(git: Git, path: str, parent: Optional[str], message: str) -> str:
     """Store the file byte for byte as the content of a new commit on top of `parent`."""
     database = git.checked(["hash-object", "-w", "--no-filters", "--", path]).decode().strip()
-    with tempfile.TemporaryDirectory(prefix="deployment-history-check-") as scratch:
-        copy = os.path.join(scratch, HISTORY_FILE)
-        git.blob_to_file(database, copy)
-        if _file_digest(copy) != _file_digest(path):
-            raise HistoryError("git stored the history database with different bytes; not pushed")
+    stored = hashlib.sha256()
+    git.read_blob(database, stored.update)
+    if stored.hexdigest() != _file_digest(path):
+        raise HistoryError("git stored the history database with different bytes; not pushed")
     readme = git.checked(["hash-object", "-w", "--stdin"], stdin=README.encode()).decode().strip()
     listing = f"100644 blob {readme}\tREADME.md\n100644 blob {database}\t{HISTORY_FILE}\n"
     tree = git.checked(["mktree"], stdin=listing.encode()).decode().strip()
@@ -296,7 +299,8 @@ def _fetch_database(git: Git, commit: str, path: str, limit: int) -> bool:
         raise HistoryError(
             f"the history database is {size} bytes, over the limit of {limit} ({MAX_BYTES_ENV})"
         )
-    git.blob_to_file(blob, path)
+    with open(path, "wb") as copy:
+        git.read_blob(blob, copy.write)
     if os.path.getsize(path) != size:
         raise GitFailure(f"git cat-file gave {os.path.getsize(path)} of {size} bytes")
     return True
@@ -314,6 +318,7 @@ def _make_self_contained(path: str) -> None:
     """Checkpoint the WAL into the file and leave it in rollback-journal mode."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
+        db.execute("PRAGMA trusted_schema = OFF")  # a crafted schema's functions never run here
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("PRAGMA journal_mode = DELETE")
         result = db.execute("PRAGMA quick_check").fetchone()[0]
@@ -334,6 +339,7 @@ def _content_digest(path: str) -> Optional[str]:
     digest = hashlib.sha256()
     db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
     try:
+        db.execute("PRAGMA trusted_schema = OFF")
         for pragma in ("user_version", "application_id"):
             digest.update(f"{pragma}={db.execute(f'PRAGMA {pragma}').fetchone()[0]}\n".encode())
         for statement in db.iterdump():

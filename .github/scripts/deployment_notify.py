@@ -40,8 +40,8 @@ MAX_RECORD_BYTES = 1024 * 1024
 FIELD_LIMIT = 200
 MESSAGE_LIMIT = 1500
 EVENTS = ("verification-failed", "rollback", "rollback-failed")
-# C0/C1 controls and the Unicode bidi controls, which reorder how text is displayed.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0/C1 controls, line separators and the Unicode bidi controls (which reorder displayed text).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _LINK = re.compile(r"https?://[^\s<>|]+")
 
 
@@ -196,7 +196,8 @@ def send(url: str, payload: dict[str, str], deadline: float) -> None:
     if status.startswith("3"):
         raise NotSent(f"HTTP {status} redirect (not followed)")
     errors = done.stderr.decode("utf-8", "replace").strip().splitlines()
-    problem = errors[-1] if errors else f"curl exit status {done.returncode}"
+    # The first error says why; a retry after a partial answer adds "Failed to truncate file".
+    problem = errors[0] if errors else f"curl exit status {done.returncode}"
     raise NotSent(f"HTTP {status}" if status[:1] in ("4", "5") else _redact(problem, url))
 
 
