@@ -1843,7 +1843,8 @@ def _render_table(
     from tabulate import tabulate
 
     if table_format == "table":
-        table_format = "simple"
+        # Without headers, 'simple' still draws a rule above and below the rows.
+        table_format = "simple" if headers else "plain"
     if not headers:
         return tabulate(rows, tablefmt=table_format, disable_numparse=True)
     padding = tabulate_module.MIN_PADDING
