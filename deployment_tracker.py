@@ -2478,10 +2478,11 @@ def _log_line(kind: str, message: str) -> str:
 
     The message can hold stored or given values: escaped so that it can't
     start another workflow command (`##[...]` works anywhere in a line)."""
-    text = _printable(" ".join(message.split()))
     if not _in_github_actions():
-        return f"{kind.capitalize()}: {text}"
-    text = text.replace("%", "%25").replace("##[", "#%23[")
+        return f"{kind.capitalize()}: {_printable(' '.join(message.split()))}"
+    # The runner decodes %25, %0D and %0A in a command's message (a line break shows as one).
+    text = message.strip().replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    text = _printable(text).replace("##[", "#%23[")
     return f"::{kind} title=deployment-tracker::{text}"
 
 
