@@ -189,7 +189,9 @@ _SELECT_IDS_WITH_PREFIX = (
 _SELECT_IDS_OF_COMMIT = (
     "SELECT id, environment FROM deployments"
     " WHERE commit_sha >= :prefix AND commit_sha < :prefix || 'g'"
-    " AND (:environment IS NULL OR environment = :environment) ORDER BY seq DESC LIMIT :limit"
+    " AND (:environment IS NULL OR environment = :environment)"
+    # The index's own order, backwards (newest first per commit): no sort.
+    " ORDER BY commit_sha DESC, environment DESC, seq DESC LIMIT :limit"
 )
 _SELECT_NEWEST_IDS = "SELECT id FROM deployments ORDER BY seq DESC LIMIT ?"
 _SELECT_RUNNING = _SELECT_DEPLOYMENT + " WHERE environment = ? ORDER BY seq DESC LIMIT 1"
@@ -215,8 +217,10 @@ _SELECT_VERIFIED_COMMIT = (
 )
 _SELECT_VERIFIED_COMMIT_PREFIX = (
     _SELECT_DEPLOYMENT + " WHERE commit_sha >= :prefix AND commit_sha < :prefix || 'g'"
-    " AND environment = :environment AND status = 'verified' AND blocked = 0"
-    " ORDER BY seq DESC LIMIT 50"
+    # '+': walk the commits' index (not every verified row of the environment), in its
+    # own order backwards (newest first per commit): no sort.
+    " AND +environment = :environment AND +status = 'verified' AND blocked = 0"
+    " ORDER BY commit_sha DESC, environment DESC, seq DESC LIMIT 50"
 )
 _SELECT_PROMOTION_CANDIDATE = (
     _SELECT_DEPLOYMENT + " WHERE environment = ? AND status = 'verified' AND blocked = 0"
