@@ -358,6 +358,12 @@ def test_tsv_cells_are_exact_and_escaped(cli: Callable[..., Result], db_path: Pa
             ["cut", "-f14"], input=text, capture_output=True, text=True, check=True
         )
         assert cut.stdout.splitlines() == ["note", "", "a\\tb\\nc\\\\d"]
+    # A carriage return (which `record` refuses, but a pushed file may hold) too.
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as db:
+        db.execute("UPDATE deployments SET actor = 'x\ry' WHERE id = ?", (plain,))
+    row = ok(cli("list", "-o", "tsv", "--no-headers")).split("\n")[0]
+    assert row.count("\t") == len(dt.FIELDS) - 1
+    assert row.split("\t")[dt.FIELDS.index("actor")] == "x\\ry"
     # --field is the same escaping, on fewer columns.
     assert ok(cli("get", tricky, "--field", "note,environment,verified_by")) == (
         "a\\tb\\nc\\\\d\tstaging\t\n"
