@@ -286,21 +286,33 @@ def test_json_escapes_what_a_terminal_would_act_on_and_keeps_the_values(
             assert one[field] == value, field
 
 
+MARKDOWN_PAYLOAD = "```\n# Approved\n[click](http://evil)"
+
+
 def test_timeline_markdown_cannot_be_broken_out_of(
-    cli: Callable[..., Result], hostile: str
+    cli: Callable[..., Result], db_path: Path, legit: dict[str, str], hostile: str
 ) -> None:
+    craft(
+        db_path,
+        f"UPDATE deployments SET branch = '{MARKDOWN_PAYLOAD}' WHERE id = '{hostile}'",
+        f"UPDATE deployments SET environment = 'prod|x{MARKDOWN_PAYLOAD}'"
+        f" WHERE id = '{legit['login']}'",
+    )
     text = shown(cli("timeline", "--format", "markdown"))
     assert_no_raw_controls(text)
     assert not any(
-        line.lstrip().startswith("#") and "Approved" in line for line in text.splitlines()
+        "Approved" in line and line.lstrip().startswith("#") for line in text.splitlines()
     )
     assert "[click](" not in text
     assert "](http://evil)" not in text
     assert text.count("```") == 2  # the Mermaid block's own fences
     assert re.search(r"^```mermaid$", text, flags=re.MULTILINE)
+    assert "prod|x" not in text  # a | would end a table cell
+    assert text.count(" Approved") == 3  # both values are there, encoded: stats, lane, node
     mermaid = shown(cli("timeline"))
     assert_no_raw_controls(mermaid)
     assert "```" not in mermaid and "[click](" not in mermaid
+    assert mermaid.count(" Approved") == 2
 
 
 def test_timeline_html_escapes_stored_values(
@@ -316,7 +328,8 @@ def test_timeline_html_escapes_stored_values(
     assert_no_raw_controls(text)
     assert 'class="evil' not in text
     assert "<script" not in text
-    assert "&quot; class=&quot;evil" in text or "&#x27;" in text or "&quot;" in text
+    assert "staging&quot; class=&quot;evil" in text  # shown, as text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot; class=&quot;evil" in text
 
 
 def test_a_stored_time_that_is_not_a_time_does_not_crash_anything(
