@@ -9,7 +9,17 @@ only runs SQL and builds records. What talks to git or HTTP for the workflow
 (the history branch, webhooks) lives with the workflow in .github/scripts and
 drives this file through its command line. Sections, in reading order:
 
-SECTION-MAP
+      41-349   Constants and SQL
+     351-377   Errors
+     380-548   Migrations
+     551-849   Validation and ids
+     852-1037  Connection and transactions
+    1040-1375  Data layer: records
+    1378-1621  Data layer: control (promotion gates, promote, block, prune)
+    1624-1740  Data layer: insight (DORA figures, the deployments of a window, completion)
+    1743-2478  Output
+    2481-3447  CLI
+    3450-3460  main
 """
 
 from __future__ import annotations
