@@ -23,7 +23,7 @@ def tool(name: str) -> str:
     "command",
     [
         ["ruff", "check", "."],
-        ["ruff", "format", "--check", "deployment_tracker.py"],
+        ["ruff", "format", "--check", "deployment_tracker.py", ".github/scripts"],
         ["mypy"],
     ],
     ids=["ruff-check", "ruff-format", "mypy-strict"],

@@ -1,0 +1,575 @@
+#!/usr/bin/env python3
+"""deployment-history: run one deployment-tracker command against the history on a git branch.
+
+CI runners are ephemeral, and runs from any branch and for any environment may write at the same
+moment, so the shared history is the SQLite file `deployments.db` committed on a dedicated branch
+of a git remote. This script fetches that branch's tip, runs one tracker command against a private
+copy of the file, checkpoints it and pushes a commit whose parent is the tip it started from. A
+rejected push (the branch moved on) is never forced: the whole operation is redone on the newer tip
+after a randomised exponential backoff. Only git plumbing is used; the work tree, the index and
+HEAD are never touched. The file is stored and read byte for byte (no .gitattributes filters).
+
+It lives with the workflow, not in the tracker: it talks to git for the workflow and drives the
+tracker only through its command line (`deployment-tracker --db FILE ARGS...`). Standard library
+only, Python 3.9+, so any runner's python3 can run it.
+
+Usage: deployment_history.py [OPTIONS] -- TRACKER-SUBCOMMAND ARGS...
+Exit:  the tracker command's own exit code, stdout, stderr and $GITHUB_OUTPUT lines (of the final
+       attempt); 1 for an operational error of ours, 2 for a usage error (one line on stderr).
+
+Sections: settings and errors | messages | remote and credentials | git | the database file |
+the tracker | attempts | command line
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import os
+import random
+import re
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Callable, NamedTuple, NoReturn, Optional, Union
+
+# --------------------------------------------------------------------------
+# Settings and errors
+# --------------------------------------------------------------------------
+
+PROG = "deployment-history"
+HISTORY_FILE = "deployments.db"
+REMOTE_ENV = "DEPLOYMENT_HISTORY_REMOTE"
+BRANCH_ENV = "DEPLOYMENT_HISTORY_BRANCH"
+# A token for https remotes, sent as an http.extraheader through git's GIT_CONFIG_*
+# environment: never written to .git/config nor put on a command line.
+TOKEN_ENV = "DEPLOYMENT_HISTORY_TOKEN"  # noqa: S105 (a variable name, not a secret)
+MAX_BYTES_ENV = "DEPLOYMENT_HISTORY_MAX_BYTES"
+TRACKER_ENV = "DEPLOYMENT_TRACKER_COMMAND"
+TRACKER_DB_ENV = "DEPLOYMENT_TRACKER_DB"
+DEFAULT_REMOTE = "origin"
+DEFAULT_BRANCH = "deployment-history"
+DEFAULT_ATTEMPTS = 10
+DEFAULT_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 8.0
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+CHUNK = 1024 * 1024
+# Commands that only read: they never push, and need the branch to exist.
+READ_COMMANDS = frozenset(
+    {"list", "latest", "get", "rollback-target", "promote", "stats", "timeline"}
+)
+FALLBACK_IDENTITY = {
+    "GIT_AUTHOR_NAME": "deployment-tracker",
+    "GIT_AUTHOR_EMAIL": "deployment-tracker@users.noreply.github.com",
+    "GIT_COMMITTER_NAME": "deployment-tracker",
+    "GIT_COMMITTER_EMAIL": "deployment-tracker@users.noreply.github.com",
+}
+README = f"""\
+# Deployment history
+
+This branch holds `{HISTORY_FILE}`, the SQLite database of every deployment,
+written only by `.github/scripts/deployment_history.py`. Each commit is one change.
+Read it with:
+
+    git fetch origin {DEFAULT_BRANCH}
+    git cat-file blob origin/{DEFAULT_BRANCH}:{HISTORY_FILE} > deployments.db
+    deployment-tracker --db deployments.db list --all
+"""
+
+
+class HistoryError(Exception):
+    """A failure of ours: one line on stderr, exit 1."""
+
+    exit_code = 1
+
+
+class UsageError(HistoryError):
+    exit_code = 2
+
+
+class GitFailure(HistoryError):
+    """A git step failed (unreachable remote, rejected push): the attempt is redone."""
+
+
+# --------------------------------------------------------------------------
+# Messages
+# --------------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s]*@")
+
+
+def _shown(text: str) -> str:
+    """Text fit for a log line: URL credentials redacted, control characters blanked."""
+    return _CONTROL.sub(" ", _USERINFO.sub(r"\1***@", text))
+
+
+def _say(text: str) -> None:
+    print(f"{PROG}: {_shown(text)}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# Remote and credentials
+# --------------------------------------------------------------------------
+
+
+class Remote(NamedTuple):
+    target: str  # what git is given: a remote name, a path, or a URL without userinfo
+    shown: str  # what messages show
+    header: Optional[tuple[str, str]]  # (URL prefix, Authorization header) from the userinfo
+
+
+def _parse_remote(value: str) -> Remote:
+    if not value.strip() or value.startswith("-") or _CONTROL.search(value):
+        raise UsageError(f"invalid history remote: '{_shown(value)}'")
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or "@" not in parts.netloc:
+        return Remote(value, value, None)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    basic = base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    header = (f"{parts.scheme}://{host}/", f"Authorization: Basic {basic}")
+    return Remote(urllib.parse.urlunsplit(parts._replace(netloc=host)), _shown(value), header)
+
+
+def _add_git_config(env: dict[str, str], key: str, value: str) -> None:
+    """Add one setting through GIT_CONFIG_COUNT/KEY/VALUE, keeping the caller's."""
+    try:
+        count = int(env.get("GIT_CONFIG_COUNT") or "0")
+    except ValueError:
+        count = 0
+    env[f"GIT_CONFIG_KEY_{count}"] = key
+    env[f"GIT_CONFIG_VALUE_{count}"] = value
+    env["GIT_CONFIG_COUNT"] = str(count + 1)
+
+
+def _git_environment(remote: Remote) -> dict[str, str]:
+    """No prompts; credentials (URL userinfo, else the token) as a header in the environment."""
+    env = dict(os.environ)
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    token = env.pop(TOKEN_ENV, "")
+    if remote.header is not None:
+        prefix, header = remote.header
+        _add_git_config(env, f"http.{prefix}.extraheader", header)
+    elif token:
+        server = (env.get("GITHUB_SERVER_URL") or "https://github.com").rstrip("/")
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode("ascii")
+        _add_git_config(env, f"http.{server}/.extraheader", f"AUTHORIZATION: basic {basic}")
+    return env
+
+
+# --------------------------------------------------------------------------
+# Git
+# --------------------------------------------------------------------------
+
+
+class Completed(NamedTuple):
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    def problem(self, what: str) -> str:
+        lines = [line.strip() for line in self.stderr.decode("utf-8", "replace").splitlines()]
+        lines = [line for line in lines if line]
+        errors = [line for line in lines if line.startswith(("fatal:", "error:"))]
+        return f"{what}: {(errors or lines or [f'exit status {self.returncode}'])[0]}"
+
+
+class Git:
+    """git with an argument list (never a shell) in one repository and environment."""
+
+    def __init__(self, repo: str, env: dict[str, str]) -> None:
+        self.repo = repo
+        self.env = env
+
+    def _popen(self, args: Sequence[str], stdout: Union[int, IO[bytes]]) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(
+                ["git", "-C", self.repo, *args],
+                stdin=subprocess.PIPE,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                env=self.env,
+            )
+        except OSError as error:
+            raise HistoryError(f"cannot run git: {error.strerror or error}") from None
+
+    def run(self, args: Sequence[str], *, stdin: bytes = b"") -> Completed:
+        process = self._popen(args, subprocess.PIPE)
+        out, err = process.communicate(stdin)
+        return Completed(process.returncode, out, err)
+
+    def checked(self, args: Sequence[str], *, stdin: bytes = b"") -> bytes:
+        result = self.run(args, stdin=stdin)
+        if result.returncode != 0:
+            raise GitFailure(result.problem(f"git {args[0]} failed"))
+        return result.stdout
+
+    def read_blob(self, blob: str, sink: Callable[[bytes], object]) -> None:
+        """Stream a blob's exact bytes (cat-file applies no filters) into `sink`, by chunks."""
+        process = self._popen(["cat-file", "blob", blob], subprocess.PIPE)
+        stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+        assert stdin and stdout and stderr  # all three are pipes
+        stdin.close()
+        for chunk in iter(lambda: stdout.read(CHUNK), b""):
+            sink(chunk)
+        err = stderr.read()
+        if process.wait() != 0:
+            raise GitFailure(Completed(process.returncode, b"", err).problem("git cat-file failed"))
+
+
+def _fetch_tip(git: Git, remote: str, branch: str, *, shallow: bool) -> Optional[str]:
+    """Fetch the history branch; its tip commit, or None when it does not exist yet."""
+    ref = f"refs/heads/{branch}"
+    listed = git.run(["ls-remote", "--exit-code", "--heads", "--", remote, ref])
+    if listed.returncode == 2:
+        return None
+    if listed.returncode != 0:
+        raise GitFailure(listed.problem(f"cannot reach {remote}"))
+    # A private ref per call: concurrent calls in one repository do not meet.
+    private = f"refs/deployment-history/fetch-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    fetch = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
+    # A shallow CI checkout only needs the tip, not every earlier copy of the file.
+    fetch += ["--depth=1"] if shallow else []
+    git.checked([*fetch, "--", remote, f"+{ref}:{private}"])
+    try:
+        return git.checked(["rev-parse", "--verify", f"{private}^{{commit}}"]).decode().strip()
+    finally:
+        git.run(["update-ref", "-d", private])
+
+
+def _commit(git: Git, path: str, parent: Optional[str], message: str) -> str:
+    """Store the file byte for byte as the content of a new commit on top of `parent`."""
+    database = git.checked(["hash-object", "-w", "--no-filters", "--", path]).decode().strip()
+    stored = hashlib.sha256()
+    git.read_blob(database, stored.update)
+    if stored.hexdigest() != _file_digest(path):
+        raise HistoryError("git stored the history database with different bytes; not pushed")
+    readme = git.checked(["hash-object", "-w", "--stdin"], stdin=README.encode()).decode().strip()
+    listing = f"100644 blob {readme}\tREADME.md\n100644 blob {database}\t{HISTORY_FILE}\n"
+    tree = git.checked(["mktree"], stdin=listing.encode()).decode().strip()
+    parents = ["-p", parent] if parent else []
+    commit = git.checked(["commit-tree", tree, *parents, "-F", "-"], stdin=message.encode())
+    return commit.decode().strip()
+
+
+def _commit_message(args: Sequence[str]) -> str:
+    line = _CONTROL.sub(" ", "deployment-tracker " + shlex.join(args))
+    return (line if len(line) <= 200 else line[:197] + "...") + "\n"
+
+
+def _push(git: Git, remote: Remote, branch: str, commit: str) -> None:
+    """Push without force: a push based on an outdated tip is rejected."""
+    refspec = f"{commit}:refs/heads/{branch}"
+    result = git.run(
+        ["push", "--quiet", "--no-verify", "--porcelain", "--", remote.target, refspec]
+    )
+    if result.returncode != 0:
+        rejected = b"[rejected]" in result.stdout or b"[remote rejected]" in result.stdout
+        if rejected:
+            raise GitFailure(f"push to {remote.shown} rejected (the history moved on)")
+        raise GitFailure(result.problem(f"cannot push to {remote.shown}"))
+
+
+# --------------------------------------------------------------------------
+# The database file
+# --------------------------------------------------------------------------
+
+
+def _fetch_database(git: Git, commit: str, path: str, limit: int) -> bool:
+    """Copy the history file of `commit` to `path`; False when the commit has none."""
+    listing = git.checked(["ls-tree", "-z", commit, "--", HISTORY_FILE])
+    if not listing:
+        return False
+    mode, kind, blob = listing.split(b"\t", 1)[0].decode("ascii").split()
+    if kind != "blob" or mode not in ("100644", "100755"):
+        raise HistoryError(f"{HISTORY_FILE} on the history branch is not a regular file")
+    size = int(git.checked(["cat-file", "-s", blob]))
+    if size > limit:
+        raise HistoryError(
+            f"the history database is {size} bytes, over the limit of {limit} ({MAX_BYTES_ENV})"
+        )
+    with open(path, "wb") as copy:
+        git.read_blob(blob, copy.write)
+    if os.path.getsize(path) != size:
+        raise GitFailure(f"git cat-file gave {os.path.getsize(path)} of {size} bytes")
+    return True
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for chunk in iter(lambda: source.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _make_self_contained(path: str) -> None:
+    """Checkpoint the WAL into the file and leave it in rollback-journal mode."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA trusted_schema = OFF")  # a crafted schema's functions never run here
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("PRAGMA journal_mode = DELETE")
+        result = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.Error as error:
+        raise HistoryError(f"history database cannot be checkpointed: {error}") from None
+    finally:
+        db.close()
+    if result != "ok":
+        raise HistoryError(f"history database failed its integrity check: {result}")
+    for suffix in ("-wal", "-shm", "-journal"):
+        Path(path + suffix).unlink(missing_ok=True)
+
+
+def _content_digest(path: str) -> Optional[str]:
+    """A digest of the database's content (not its bytes); None when there is no file."""
+    if not os.path.exists(path):
+        return None
+    digest = hashlib.sha256()
+    db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        db.execute("PRAGMA trusted_schema = OFF")
+        for pragma in ("user_version", "application_id"):
+            digest.update(f"{pragma}={db.execute(f'PRAGMA {pragma}').fetchone()[0]}\n".encode())
+        for statement in db.iterdump():
+            digest.update(statement.encode("utf-8", "surrogatepass") + b"\n")
+    except sqlite3.Error as error:
+        raise HistoryError(f"history database is unreadable: {error}") from None
+    finally:
+        db.close()
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------
+# The tracker
+# --------------------------------------------------------------------------
+
+
+def _tracker_command(option: Optional[str]) -> list[str]:
+    """The tracker's command words: --tracker, else $DEPLOYMENT_TRACKER_COMMAND, else PATH."""
+    text = option if option is not None else os.environ.get(TRACKER_ENV, "")
+    if text.strip():
+        try:
+            return shlex.split(text)
+        except ValueError as error:
+            raise UsageError(f"invalid tracker command '{_shown(text)}': {error}") from None
+    found = shutil.which("deployment-tracker")
+    if found is None:
+        raise HistoryError(f"deployment-tracker is not on PATH (install it, or set {TRACKER_ENV})")
+    return [found]
+
+
+def _run_tracker(
+    tracker: Sequence[str], args: Sequence[str], db_path: str, github_output: Optional[str]
+) -> Completed:
+    env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, TRACKER_DB_ENV)}
+    env.pop("GITHUB_OUTPUT", None)
+    if github_output is not None:
+        env["GITHUB_OUTPUT"] = github_output
+    try:
+        completed = subprocess.run(
+            [*tracker, "--db", db_path, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=env,
+            check=False,
+        )
+    except OSError as error:
+        raise HistoryError(f"cannot run {tracker[0]}: {error.strerror or error}") from None
+    return Completed(completed.returncode, completed.stdout, completed.stderr)
+
+
+def _pass_on(result: Completed, github_output: Optional[str], target: Optional[str]) -> None:
+    """Hand the chosen attempt's output to our caller."""
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    sys.stderr.flush()
+    if not (github_output and target and os.path.exists(github_output)):
+        return
+    content = Path(github_output).read_bytes()
+    try:
+        with open(target, "ab") as output:
+            output.write(content)
+    except OSError as error:
+        raise HistoryError(f"cannot write GITHUB_OUTPUT file {target}: {error.strerror}") from None
+
+
+# --------------------------------------------------------------------------
+# Attempts
+# --------------------------------------------------------------------------
+
+
+class Settings(NamedTuple):
+    remote: Remote
+    branch: str
+    repo: str
+    attempts: int
+    backoff: float
+    tracker: list[str]
+    max_bytes: int
+    command: list[str]
+
+
+def _attempt(s: Settings, git: Git, shallow: bool, scratch: str, target: Optional[str]) -> int:
+    """Fetch, apply the command to a fresh copy, commit and push; its exit code."""
+    db_path = os.path.join(scratch, HISTORY_FILE)
+    github_output = os.path.join(scratch, "github_output") if target else None
+    tip = _fetch_tip(git, s.remote.target, s.branch, shallow=shallow)
+    present = tip is not None and _fetch_database(git, tip, db_path, s.max_bytes)
+    if not present and s.command[0] in READ_COMMANDS:
+        raise HistoryError(f"no deployment history yet: {s.remote.shown} has no branch {s.branch}")
+    if present:
+        _make_self_contained(db_path)
+    before = _content_digest(db_path)
+    result = _run_tracker(s.tracker, s.command, db_path, github_output)
+    if result.returncode != 0:
+        _pass_on(result, None, None)
+        return result.returncode
+    if os.path.exists(db_path):
+        _make_self_contained(db_path)
+    after = _content_digest(db_path)
+    if after is not None and after != before:
+        commit = _commit(git, db_path, tip, _commit_message(s.command))
+        _push(git, s.remote, s.branch, commit)
+    _pass_on(result, github_output, target)
+    return 0
+
+
+def _run(s: Settings) -> int:
+    """Attempt until one lands; only the final attempt's output reaches the caller."""
+    git = Git(s.repo, _git_environment(s.remote))
+    inside = git.run(["rev-parse", "--is-shallow-repository"])
+    if inside.returncode != 0:
+        raise HistoryError(inside.problem(f"{s.repo} is not a usable git repository"))
+    if git.run(["var", "GIT_COMMITTER_IDENT"]).returncode != 0:
+        for name, value in FALLBACK_IDENTITY.items():
+            git.env.setdefault(name, value)
+    shallow = inside.stdout.strip() == b"true"
+    target = os.environ.get("GITHUB_OUTPUT") or None
+    jitter = random.SystemRandom()
+    problem = ""
+    for attempt in range(1, s.attempts + 1):
+        if attempt > 1:
+            delay = jitter.uniform(0, min(MAX_BACKOFF_SECONDS, s.backoff * 2 ** (attempt - 2)))
+            _say(f"{problem}; attempt {attempt}/{s.attempts} in {delay:.1f}s")
+            time.sleep(delay)
+        with tempfile.TemporaryDirectory(prefix="deployment-history-") as scratch:
+            try:
+                return _attempt(s, git, shallow, scratch, target)
+            except GitFailure as error:
+                problem = str(error)
+    raise HistoryError(
+        f"could not update the deployment history on {s.remote.shown} {s.branch}"
+        f" after {s.attempts} attempts: {problem}"
+    )
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _number_in(kind: type[float], low: float, high: float) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not in {low:g}..{high:g}")
+        return value
+
+    return convert
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        usage="%(prog)s [OPTIONS] -- TRACKER-SUBCOMMAND ARGS...",
+        description="Run a deployment-tracker command against the history on a git branch.",
+        allow_abbrev=False,
+    )
+    add = parser.add_argument
+    add("--remote", default=os.environ.get(REMOTE_ENV) or DEFAULT_REMOTE, help="name, URL or path")
+    add("--branch", default=os.environ.get(BRANCH_ENV) or DEFAULT_BRANCH, help="history branch")
+    add("--repo", default=".", help="local git repository to work from (default: .)")
+    add("--attempts", type=_number_in(int, 1, 100), default=DEFAULT_ATTEMPTS)
+    add("--backoff", type=_number_in(float, 0, 60), default=DEFAULT_BACKOFF_SECONDS)
+    add("--tracker", help=f"tracker command (env {TRACKER_ENV}; default: on PATH)")
+    add("command", nargs=argparse.REMAINDER, help="the tracker subcommand and its arguments")
+    return parser
+
+
+def _check_branch(branch: str) -> str:
+    valid = not branch.startswith("-") and not _CONTROL.search(branch)
+    if valid:
+        check = subprocess.run(["git", "check-ref-format", f"refs/heads/{branch}"], check=False)
+        valid = check.returncode == 0
+    if not valid:
+        raise UsageError(f"invalid history branch: '{_shown(branch)}'")
+    return branch
+
+
+def _max_bytes() -> int:
+    text = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_BYTES
+    if not text.isdigit():
+        raise UsageError(f"{MAX_BYTES_ENV} must be a number of bytes, not '{_shown(text)}'")
+    return int(text)
+
+
+def _settings(argv: list[str]) -> Settings:
+    if "--" in argv:
+        split = argv.index("--")
+        options, command = _parser().parse_args(argv[:split]), argv[split + 1 :]
+        if options.command:
+            raise UsageError(f"unexpected argument before --: '{_shown(options.command[0])}'")
+    else:
+        options = _parser().parse_args(argv)
+        command = list(options.command)
+    if not command or command[0].startswith("-") or command[0] == "with-history":
+        shown = f"'{_shown(command[0])}'" if command else "nothing"
+        raise UsageError(f"expected -- and a tracker subcommand (e.g. -- record ...), not {shown}")
+    return Settings(
+        remote=_parse_remote(options.remote),
+        branch=_check_branch(options.branch),
+        repo=options.repo,
+        attempts=int(options.attempts),
+        backoff=float(options.backoff),
+        tracker=_tracker_command(options.tracker),
+        max_bytes=_max_bytes(),
+        command=command,
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _run(_settings(list(sys.argv[1:] if argv is None else argv)))
+    except HistoryError as error:
+        print(f"{PROG}: error: {_shown(str(error))}", file=sys.stderr)
+        return error.exit_code
+    except OSError as error:
+        print(f"{PROG}: error: {_shown(str(error))}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
