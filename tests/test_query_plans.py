@@ -8,6 +8,7 @@ history grows; the benchmark (tests/benchmarks/run.py) measures the timing.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ BRANCHES = ("main", "feature/login", "hotfix/rare")
 def seed(db: sqlite3.Connection, count: int) -> dict[str, str]:
     """`count` deployments of every status, newest last; returns ids to ask about."""
     start = datetime.now(timezone.utc) - timedelta(days=30)
-    ids = {}
+    ids: dict[str, str] = {}
     for number in range(count):
         branch = BRANCHES[number % 2] if number else "hotfix/rare"  # rare: the oldest only
         environment = ENVIRONMENTS[number % 3 == 0]
@@ -67,12 +68,22 @@ def database(
     reader.close()
 
 
+def latest_in_qa(db: sqlite3.Connection, status: str) -> dict[str, Any]:
+    return dt.latest(db, "qa", status)
+
+
+def listed(
+    db: sqlite3.Connection, filters: dict[str, Any], limit: int | None
+) -> Iterator[dict[str, Any]]:
+    return dt.list_deployments(db, **filters, limit=limit)
+
+
 def reading_queries(ids: dict[str, str]) -> dict[str, Callable[[sqlite3.Connection], Any]]:
     """Every query behind latest, rollback-target, get, promote, the gate, ids given as a
     prefix or a short sha, and list, by name."""
     queries: dict[str, Callable[[sqlite3.Connection], Any]] = {}
     for status in (*dt.STATUSES, "any"):
-        queries[f"latest --status {status}"] = lambda db, s=status: dt.latest(db, "qa", s)
+        queries[f"latest --status {status}"] = functools.partial(latest_in_qa, status=status)
     queries["rollback-target"] = lambda db: dt.rollback_target(db, "qa")
     queries["rollback-target --id"] = lambda db: dt.rollback_target(db, "qa", ids["qa"], force=True)
     queries["rollback-target verified ID"] = lambda db: dt.rollback_target(
@@ -100,14 +111,14 @@ def reading_queries(ids: dict[str, str]) -> dict[str, Callable[[sqlite3.Connecti
     filters = {"environment": "qa", "branch": "hotfix/rare", "status": "verified"}
     for size in range(len(filters) + 1):
         for chosen in itertools.combinations(filters, size):
-            given = {name: filters[name] for name in chosen}
+            given: dict[str, Any] = {name: filters[name] for name in chosen}
             for limit in (dt.DEFAULT_LIST_LIMIT, None):
                 name = (
                     "list "
                     + " ".join(f"--{key}" for key in chosen)
                     + (" --all" if limit is None else "")
                 )
-                queries[name] = lambda db, g=given, n=limit: dt.list_deployments(db, **g, limit=n)
+                queries[name] = functools.partial(listed, filters=given, limit=limit)
     return queries
 
 
@@ -116,7 +127,7 @@ def test_every_reading_query_is_captured(
 ) -> None:
     db, ids = database
     for name, query in reading_queries(ids).items():
-        assert captured_sql(db, lambda q=query: q(db)), name
+        assert captured_sql(db, functools.partial(query, db)), name
 
 
 @pytest.mark.parametrize("name", list(reading_queries({"qa": "", "staging": ""})))
@@ -150,7 +161,7 @@ def test_list_filters_are_all_answered_by_one_index(
     """An index on only some of the filters would walk every row of the others."""
     db, _ = database
     values = {"environment": "qa", "branch": "hotfix/rare", "status": "verified"}
-    given = {name: values[name] for name in chosen}
+    given: dict[str, Any] = {name: values[name] for name in chosen}
     (sql,) = captured_sql(db, lambda: dt.list_deployments(db, **given))
     (step,) = query_plan(db, sql)
     assert step.startswith("SEARCH deployments USING INDEX"), step

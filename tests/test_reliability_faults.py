@@ -112,8 +112,8 @@ def retry_after_crash(db_path: Path, begin: str, log: CrashLog) -> None:
                 _, created, _ = dt.record_deployment(db, request, gates=gates)
                 log.committed_unreported += not created
                 with pytest.raises(dt.Refused, match="already recorded with a different note"):
-                    changed = dataclasses.replace(request, note="something else")
-                    dt.record_deployment(db, changed, gates=gates)
+                    different = dataclasses.replace(request, note="something else")
+                    dt.record_deployment(db, different, gates=gates)
             log.reported.add(str(request.deployment_id))
         elif kind == "verify":
             deployment_id = str(crash_request(number).deployment_id)

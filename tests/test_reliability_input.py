@@ -38,7 +38,7 @@ class Case(NamedTuple):
     message: str
 
 
-def record(*extra: str) -> tuple[str, ...]:
+def record(*extra: Union[str, bytes]) -> tuple[Union[str, bytes], ...]:
     return ("record", "-e", "staging", "-b", "feature", "-c", SHA, *extra)
 
 
