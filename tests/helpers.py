@@ -298,7 +298,7 @@ def deploy(
         rollback_of=rollback_of,
         status=status,
         actor=actor,
-        committed_at=dt.iso(moment(committed)) if committed else None,
+        committed_at=moment(committed).isoformat() if committed else None,
     )
     record, _, _ = dt.record_deployment(db, request, gates={}, now=moment(when))
     return str(record["id"])

@@ -91,7 +91,7 @@ def timeline(cli: Callable[..., Result]) -> Draw:
     """What `timeline` prints for the window from `since` to now (the histories are older)."""
 
     def draw(output_format: str, *, since: datetime = SINCE, environment: str | None = None) -> str:
-        args = ["timeline", "--since", dt.iso(since), "-o", output_format]
+        args = ["timeline", "--since", since.isoformat(), "-o", output_format]
         result = cli(*args, *(["-e", environment] if environment else []))
         assert result.exit_code == 0, result.output
         assert result.stderr == ""
