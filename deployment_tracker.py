@@ -9,7 +9,17 @@ only runs SQL and builds records. What talks to git or HTTP for the workflow
 (the history branch, webhooks) lives with the workflow in .github/scripts and
 drives this file through its command line. Sections, in reading order:
 
-SECTION-MAP
+      41-349   Constants and SQL
+     351-377   Errors
+     380-548   Migrations
+     551-840   Validation and ids
+     843-1028  Connection and transactions
+    1031-1366  Data layer: records
+    1369-1612  Data layer: control (promotion gates, promote, block, prune)
+    1615-1731  Data layer: insight (DORA figures, the deployments of a window, completion)
+    1734-2469  Output
+    2472-3438  CLI
+    3441-3451  main
 """
 
 from __future__ import annotations
@@ -189,7 +199,9 @@ _SELECT_IDS_WITH_PREFIX = (
 _SELECT_IDS_OF_COMMIT = (
     "SELECT id, environment FROM deployments"
     " WHERE commit_sha >= :prefix AND commit_sha < :prefix || 'g'"
-    " AND (:environment IS NULL OR environment = :environment) ORDER BY seq DESC LIMIT :limit"
+    " AND (:environment IS NULL OR environment = :environment)"
+    # The index's own order, backwards (newest first per commit): no sort.
+    " ORDER BY commit_sha DESC, environment DESC, seq DESC LIMIT :limit"
 )
 _SELECT_NEWEST_IDS = "SELECT id FROM deployments ORDER BY seq DESC LIMIT ?"
 _SELECT_RUNNING = _SELECT_DEPLOYMENT + " WHERE environment = ? ORDER BY seq DESC LIMIT 1"
@@ -215,8 +227,10 @@ _SELECT_VERIFIED_COMMIT = (
 )
 _SELECT_VERIFIED_COMMIT_PREFIX = (
     _SELECT_DEPLOYMENT + " WHERE commit_sha >= :prefix AND commit_sha < :prefix || 'g'"
-    " AND environment = :environment AND status = 'verified' AND blocked = 0"
-    " ORDER BY seq DESC LIMIT 50"
+    # '+': walk the commits' index (not every verified row of the environment), in its
+    # own order backwards (newest first per commit): no sort.
+    " AND +environment = :environment AND +status = 'verified' AND blocked = 0"
+    " ORDER BY commit_sha DESC, environment DESC, seq DESC LIMIT 50"
 )
 _SELECT_PROMOTION_CANDIDATE = (
     _SELECT_DEPLOYMENT + " WHERE environment = ? AND status = 'verified' AND blocked = 0"
@@ -614,24 +628,24 @@ def check_branch(value: str) -> str:
     return value
 
 
-def check_sha(value: str) -> str:
-    if not _SHA_PATTERN.fullmatch(value):
-        raise InvalidInput(
-            f"commit must be 7 to 40 (or 64) lowercase hex characters: {_describe(value)}"
-        )
-    return value
+def _matching(pattern: _LazyPattern, rule: str) -> Callable[[str], str]:
+    """A check that a value matches `pattern`; `rule` says what it must be."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise InvalidInput(f"{rule}: {_describe(value)}")
+        return value
+
+    return check
 
 
-def check_image_tag(value: str) -> str:
-    if not _TAG_PATTERN.fullmatch(value):
-        raise InvalidInput(f"image tag is not a valid Docker tag: {_describe(value)}")
-    return value
-
-
-def check_run_id(value: str) -> str:
-    if not _RUN_ID_PATTERN.fullmatch(value):
-        raise InvalidInput(f"run id must be a number: {_describe(value)}")
-    return value
+check_sha = _matching(_SHA_PATTERN, "commit must be 7 to 40 (or 64) lowercase hex characters")
+check_image_tag = _matching(_TAG_PATTERN, "image tag is not a valid Docker tag")
+check_run_id = _matching(_RUN_ID_PATTERN, "run id must be a number")
+# A full id, the start of one, or a commit's short sha: all are tag characters.
+check_id_or_prefix = _matching(
+    _TAG_PATTERN, "deployment id (or a unique start of one) must be a Docker tag"
+)
 
 
 def check_run_url(value: str) -> str:
@@ -650,30 +664,27 @@ def check_id(deployment_id: str) -> str:
     return deployment_id
 
 
-def check_id_or_prefix(value: str) -> str:
-    """A full id, the start of one, or a commit's short sha: all are tag characters."""
-    if not _TAG_PATTERN.fullmatch(value):
-        raise InvalidInput(
-            f"deployment id (or a unique start of one) must be a Docker tag: {_describe(value)}"
-        )
-    return value
-
-
 def _is_full_id(value: str) -> bool:
     return bool(_ID_PATTERN.fullmatch(value))
 
 
-def parse_timestamp(value: str, *, name: str) -> datetime:
-    """Parse an ISO 8601 time; a time without a zone is taken as UTC."""
-    text = value.strip()
+def _from_iso(text: str) -> Optional[datetime]:
+    """An ISO 8601 date or time (`Z` allowed; without a zone it is UTC), or None."""
+    text = text.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidInput(f"{name} is not an ISO 8601 time: {_describe(value)}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def parse_timestamp(value: str, *, name: str) -> datetime:
+    """Parse an ISO 8601 time, not in the future."""
+    moment = _from_iso(value)
+    if moment is None:
+        raise InvalidInput(f"{name} is not an ISO 8601 time: {_describe(value)}")
     if moment > utc_now() + FUTURE_TOLERANCE:
         raise InvalidInput(f"{name} is in the future: {_describe(value)}")
     return moment
@@ -681,24 +692,18 @@ def parse_timestamp(value: str, *, name: str) -> datetime:
 
 def parse_since(value: str, now: datetime) -> datetime:
     """A window's start: a span back from now (`12h`, `30d`, `2w`) or an ISO 8601 date/time."""
-    text = value.strip()
-    match = _SINCE_PATTERN.fullmatch(text)
+    match = _SINCE_PATTERN.fullmatch(value.strip())
     if match:
         amount = int(match["amount"])
         if amount == 0:
             raise InvalidInput(f"since must be a span longer than zero: {_describe(value)}")
         return now - amount * _SINCE_UNITS[match["unit"]]
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        start = datetime.fromisoformat(text)
-    except ValueError:
+    start = _from_iso(value)
+    if start is None:
         raise InvalidInput(
             f"since must be a span such as 30d, 12h or 2w, or an ISO 8601 date or time:"
             f" {_describe(value)}"
-        ) from None
-    if start.tzinfo is None:
-        start = start.replace(tzinfo=timezone.utc)
+        )
     if start >= now:
         raise InvalidInput(f"since must be before now ({iso(now)}): {_describe(value)}")
     return start
@@ -1843,7 +1848,8 @@ def _render_table(
     from tabulate import tabulate
 
     if table_format == "table":
-        table_format = "simple"
+        # Without headers, 'simple' still draws a rule above and below the rows.
+        table_format = "simple" if headers else "plain"
     if not headers:
         return tabulate(rows, tablefmt=table_format, disable_numparse=True)
     padding = tabulate_module.MIN_PADDING
@@ -2477,10 +2483,11 @@ def _log_line(kind: str, message: str) -> str:
 
     The message can hold stored or given values: escaped so that it can't
     start another workflow command (`##[...]` works anywhere in a line)."""
-    text = _printable(" ".join(message.split()))
     if not _in_github_actions():
-        return f"{kind.capitalize()}: {text}"
-    text = text.replace("%", "%25").replace("##[", "#%23[")
+        return f"{kind.capitalize()}: {_printable(' '.join(message.split()))}"
+    # The runner decodes %25, %0D and %0A in a command's message (a line break shows as one).
+    text = message.strip().replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    text = _printable(text).replace("##[", "#%23[")
     return f"::{kind} title=deployment-tracker::{text}"
 
 

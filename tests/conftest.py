@@ -1,27 +1,28 @@
-"""Shared fixtures: a fresh database path and a CLI runner bound to it."""
+"""Shared fixtures: a fresh database path and a CLI runner bound to it.
+
+Shared helpers that are not fixtures live in helpers.py (import them from there).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
-from cli_runner import make_runner
 from click.testing import CliRunner, Result
+from helpers import CALLER_VARIABLES, make_runner
 
 import deployment_tracker as dt
 
-SHA_MAIN = "a" * 40
-SHA_BRANCH = "b" * 40
-
 
 @pytest.fixture(autouse=True)
-def promotion_gate_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test gets the real default gates (staging -> production), whatever the caller's
-    environment says."""
-    monkeypatch.delenv(dt.GATES_ENV_VAR, raising=False)
+def caller_settings_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets the real default gates (staging -> production), plain `Error:` lines
+    (not GitHub annotations) and no $GITHUB_OUTPUT, whatever the caller's environment says."""
+    for name in CALLER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def runner() -> CliRunner:
 def cli(db_path: Path, runner: CliRunner) -> Callable[..., Result]:
     """Invoke the CLI as a user would, against the test's database."""
 
-    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    def invoke(*args: str, env: Optional[dict[str, str]] = None) -> Result:
         return runner.invoke(dt.cli, ["--db", str(db_path), *args], env=env)
 
     return invoke
@@ -46,10 +47,10 @@ def cli(db_path: Path, runner: CliRunner) -> Callable[..., Result]:
 
 @pytest.fixture
 def cli_json(cli: Callable[..., Result]) -> Callable[..., Any]:
-    """Invoke a reading command with --format json and return the parsed output."""
+    """Invoke a reading command with -o json and return the parsed output."""
 
     def invoke(*args: str) -> Any:
-        result = cli(*args, "--format", "json")
+        result = cli(*args, "-o", "json")
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 

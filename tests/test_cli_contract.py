@@ -5,10 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -16,22 +13,17 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from helpers import assert_one_line_error, parse_github_output, row_count, run_tracker
 
 import deployment_tracker as dt
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 OTHER_SHA = "89abcdef0123456789abcdef0123456789abcdef"
 DEPLOYMENT = "main_0123456_20260101100000"
-REPO = Path(__file__).resolve().parent.parent
 
 
 def record(cli: Callable[..., Result], *extra: str, deployment_id: str = DEPLOYMENT) -> Result:
     return cli("record", "-e", "staging", "-b", "main", "-c", SHA, "--id", deployment_id, *extra)
-
-
-def row_count(db_path: Path) -> int:
-    with closing(sqlite3.connect(db_path)) as db:
-        return int(db.execute("SELECT count(*) FROM deployments").fetchone()[0])
 
 
 # -- exit code 0 -------------------------------------------------------------
@@ -77,6 +69,9 @@ def test_not_found_is_one(cli: Callable[..., Result]) -> None:
         ),
         (["rollback-target", "-e", "staging"], "no verified deployment in staging"),
         (["rollback-target", "-e", "eu-prod"], "no deployments in eu-prod"),
+        # An id may be given by a unique start: nothing starts with x.
+        (["get", "x"], "no deployment has an id or commit starting with x"),
+        (["get", "--id", "x"], "no deployment has an id or commit starting with x"),
     ):
         result = cli(*args)
         assert result.exit_code == 1, (args, result.output)
@@ -186,8 +181,14 @@ def test_corrupt_newer_and_foreign_databases_are_one(tmp_path: Path, runner: Cli
         ),
         (["verify", "--id", DEPLOYMENT, "--status", "rolled_back"], "Invalid value"),
         (["list", "--limit", "0"], "Invalid value for '--limit'"),
-        (["list", "--format", "yaml"], "Invalid value for '--format'"),
-        (["get", "--id", "x"], "deployment id must look like"),
+        (["list", "--format", "yaml"], "Invalid value for '-o' / '--output' / '--format'"),
+        (["list", "-o", "yaml"], "'yaml' is not one of table, json, csv, tsv"),
+        (["list", "--field", "nope"], "unknown field 'nope'"),
+        (["list", "--field", "id", "--json", "id"], "--field and --json don't go together"),
+        (["get", "a b"], "must be a Docker tag"),
+        (["get", "--id", "a b"], "must be a Docker tag"),
+        (["get", DEPLOYMENT, "--id", "main_0123456_20250101000000"], "two different deployments"),
+        (["get"], "Missing argument 'ID'"),
         (["nonsense"], "No such command 'nonsense'"),
         (["latest", "-e", "staging", "--github-output"], "needs the GITHUB_OUTPUT"),
     ],
@@ -214,16 +215,27 @@ def test_errors_from_a_real_process_are_one_line_without_traceback(tmp_path: Pat
         (["record", "-e", "staging", "-b", "main", "-c", SHA], 1),
         (["record", "-e", "staging", "-b", "main", "-c", "xyz"], 2),
     ):
-        result = subprocess.run(
-            [sys.executable, str(REPO / "deployment_tracker.py"), "--db", str(db), *args],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = run_tracker(*args, db=db)
         assert result.returncode == code, result.stderr
-        assert result.stderr.startswith("Error: ")
-        assert result.stderr.count("\n") == 1
-        assert "Traceback" not in result.stderr
+        assert_one_line_error(result.stderr)
+        assert result.stdout == ""
+
+
+def test_errors_and_warnings_are_annotations_inside_github_actions(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    actions = {"GITHUB_ACTIONS": "true"}
+    recorded = run_tracker(
+        "record", "-e", "production", "-b", "main", "-c", SHA, db=db, env=actions
+    )
+    assert recorded.returncode == 0, recorded.stderr
+    assert recorded.stderr.startswith("::warning title=deployment-tracker::recorded past the")
+    assert recorded.stderr.count("\n") == 1
+    failed = run_tracker("get", "nothing-like-it", db=db, env=actions)
+    assert failed.returncode == 1
+    assert failed.stderr == (
+        "::error title=deployment-tracker::no deployment has an id or commit starting with"
+        " nothing-like-it\n"
+    )
 
 
 # -- idempotency -------------------------------------------------------------
@@ -267,15 +279,45 @@ def test_output_formats(cli: Callable[..., Result], cli_json: Any, tmp_path: Pat
     assert rows[0]["id"] == DEPLOYMENT and rows[0]["note"] == "line one\nline two"
     markdown = cli("list", "--format", "github").stdout.splitlines()
     assert markdown[0].startswith("| id") and markdown[1].startswith("|--")
-    table = cli("list").stdout
-    assert DEPLOYMENT in table and "image_tag" in table
+    assert cli("list", "-o", "rst").stdout.startswith("=====")  # any tabulate format
+    # The default table: what ran, where, when, and did it pass.
+    header, rule, row = cli("list").stdout.splitlines()
+    assert header.split() == [
+        "id",
+        "environment",
+        "commit",
+        "status",
+        "age",
+        "verified_by",
+        "marks",
+    ]
+    assert set(rule) == {"-", " "}
+    assert row.split()[:4] == [DEPLOYMENT, "staging", SHA[:7], "deployed"]
+    (bare,) = cli("list", "--no-headers").stdout.splitlines()  # no header, no rules
+    assert bare.split() == row.split()
+    wide = cli("list", "--wide").stdout.splitlines()[0].split()
+    assert wide == list(dt.FIELDS)
     assert cli("list", "--field", "image_tag").stdout == DEPLOYMENT + "\n"
+    assert cli("list", "--field", "id,status").stdout == f"{DEPLOYMENT}\tdeployed\n"
+    assert json.loads(cli("list", "--json", "id,status").stdout) == [
+        {"id": DEPLOYMENT, "status": "deployed"}
+    ]
+    # TSV is exact: every field, tabs between cells, \t \n \\ escaped, empty cells kept.
+    tsv_header, tsv_row = cli("list", "-o", "tsv").stdout.split("\n")[:2]
+    assert tsv_header.split("\t") == list(dt.FIELDS)
+    cells = dict(zip(dt.FIELDS, tsv_row.split("\t")))
+    assert len(tsv_row.split("\t")) == len(dt.FIELDS)
+    assert cells["note"] == "line one\\nline two"
+    assert (cells["rollback_of"], cells["blocked"], cells["gate_bypassed"]) == (
+        "",
+        "false",
+        "false",
+    )
     assert cli("get", "--id", DEPLOYMENT, "--field", "branch").stdout == "main\n"
     assert cli("latest", "-e", "staging", "--status", "any", "--field", "commit_sha").stdout == (
         SHA + "\n"
     )
     assert json.loads(cli("list", "--all", "--format", "json", "-e", "qa").stdout) == []
-    assert set(dt.TABLE_FORMATS) <= set(__import__("tabulate").tabulate_formats)
 
 
 def test_github_output_cannot_be_injected(cli: Callable[..., Result], tmp_path: Path) -> None:
@@ -323,61 +365,16 @@ def test_github_output_on_reading_commands(cli: Callable[..., Result], tmp_path:
     assert json.loads(result.stdout)["events"][0]["by"] == "alice"
 
 
-def parse_github_output(text: str) -> dict[str, str]:
-    """Read a GITHUB_OUTPUT file the way the Actions runner does."""
-    values: dict[str, str] = {}
-    lines = iter(text.split("\n"))
-    for line in lines:
-        if not line:
-            continue
-        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
-            name, delimiter = line.split("<<", 1)
-            collected = []
-            for value_line in lines:
-                if value_line == delimiter:
-                    break
-                collected.append(value_line)
-            values[name] = "\n".join(collected)
-        else:
-            name, value = line.split("=", 1)
-            values[name] = value
-    return values
-
-
-def test_module_and_console_script_run(tmp_path: Path) -> None:
+def test_console_script_reads_the_database_from_the_environment(tmp_path: Path) -> None:
     db = tmp_path / "d.db"
-    env = {**os.environ, "DEPLOYMENT_TRACKER_DB": str(db)}
-    by_module = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "deployment_tracker.py"),
-            "record",
-            "-e",
-            "staging",
-            "-b",
-            "main",
-            "-c",
-            SHA,
-            "--id",
-            DEPLOYMENT,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
+    env = {dt.DB_ENV_VAR: str(db)}
+    recorded = run_tracker(
+        "record", "-e", "staging", "-b", "main", "-c", SHA, "--id", DEPLOYMENT, env=env
     )
-    assert by_module.returncode == 0, by_module.stderr
-    script = Path(sys.executable).parent / "deployment-tracker"
-    if not script.exists():
-        pytest.skip("the console script is not installed in this environment")
-    by_script = subprocess.run(
-        [str(script), "latest", "-e", "staging", "--status", "any", "--field", "id"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert (by_script.returncode, by_script.stdout) == (0, DEPLOYMENT + "\n")
+    assert (recorded.returncode, recorded.stdout) == (0, DEPLOYMENT + "\n"), recorded.stderr
+    assert db.exists()
+    shown = run_tracker("latest", "-e", "staging", "--status", "any", "--field", "id", env=env)
+    assert (shown.returncode, shown.stdout) == (0, DEPLOYMENT + "\n"), shown.stderr
 
 
 def test_reading_never_creates_a_database_in_a_new_folder(

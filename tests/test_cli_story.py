@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from click.testing import Result
+from helpers import ok
 
 import deployment_tracker as dt
 
@@ -20,11 +21,6 @@ BROKEN_STAGING = "main_3c4d5e6_20260101130000"
 ROLLBACK_1 = "branch_1_2b3c4d5_20260101131000"
 ROLLBACK_2 = "main_1a2b3c4_20260101140000"
 BRANCH_PRODUCTION = "branch_1_2b3c4d5_20260101150000"
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.stdout.strip()
 
 
 def test_seed_story(cli: Callable[..., Result], cli_json: Callable[..., Any]) -> None:
@@ -258,7 +254,9 @@ def test_rollback_target_refuses_what_cannot_be_restored(cli: Callable[..., Resu
     assert cli("rollback-target", "-e", "staging").exit_code == 1
     result = cli("rollback-target", "-e", "staging", "--id", MAIN_STAGING)
     assert result.exit_code == 1
-    assert "running" in result.stderr
+    assert "already runs image" in result.stderr and "nothing to roll back" in result.stderr
+    assert "--force" not in result.stderr  # forcing cannot help
+    assert cli("rollback-target", "-e", "staging", MAIN_STAGING, "--force").exit_code == 1
     ok(cli("record", "-e", "staging", "-b", "main", "-c", SHA_3, "--id", BROKEN_STAGING))
     ok(cli("record", "-e", "qa", "-b", "branch_1", "-c", SHA_2, "--id", BRANCH_STAGING))
     # An id from another environment is refused.
@@ -287,7 +285,9 @@ def test_rollback_target_refuses_what_cannot_be_restored(cli: Callable[..., Resu
     )
     assert result.exit_code == 0
     assert result.stdout.strip() == BROKEN_STAGING
-    assert "WARNING: forced" in result.stderr
+    assert result.stderr == (
+        f"Warning: forced: deployment {BROKEN_STAGING} was never verified (status deployed)\n"
+    )
     # A missing id is "not found".
     result = cli("rollback-target", "-e", "staging", "--id", "main_1a2b3c4_20250101000000")
     assert result.exit_code == 1
@@ -301,7 +301,7 @@ def test_rollback_record_rules(cli: Callable[..., Result], cli_json: Callable[..
     # The rollback's image must be the target's.
     result = cli("record", "-e", "staging", "--rollback-of", MAIN_STAGING, "--image-tag", "other")
     assert result.exit_code == 2
-    assert "redeploys the target's image" in result.stderr
+    assert f"redeploys the image of {MAIN_STAGING} ({MAIN_STAGING}), not other" in result.stderr
     # A target in another environment, or one that doesn't exist, is refused.
     result = cli("record", "-e", "production", "--rollback-of", MAIN_STAGING)
     assert result.exit_code == 1
@@ -318,3 +318,28 @@ def test_rollback_record_rules(cli: Callable[..., Result], cli_json: Callable[..
     assert record["image_tag"] == MAIN_STAGING
     # The deployment it replaced was never verified; it is marked rolled_back.
     assert cli_json("get", "--id", BROKEN_STAGING)["status"] == "rolled_back"
+
+
+def test_rollback_target_names_the_deployment_that_first_shipped_the_image(
+    cli: Callable[..., Result], cli_json: Callable[..., Any]
+) -> None:
+    """A verified rollback redeploys an image: rolling back to that image again names the
+    original deployment, so rollbacks never chain through earlier rollbacks."""
+    ok(cli("record", "-e", "staging", "-b", "branch_1", "-c", SHA_2, "--id", BRANCH_STAGING))
+    ok(cli("verify", BRANCH_STAGING, "--status", "verified"))
+    ok(cli("record", "-e", "staging", "-b", "main", "-c", SHA_3, "--id", BROKEN_STAGING))
+    ok(cli("verify", BROKEN_STAGING, "--status", "failed"))
+    ok(cli("record", "-e", "staging", "--rollback-of", BRANCH_STAGING, "--id", ROLLBACK_1))
+    ok(cli("verify", ROLLBACK_1, "--status", "verified"))
+    broken_again = "main_3c4d5e6_20260101135000"
+    ok(cli("record", "-e", "staging", "-b", "main", "-c", SHA_3, "--id", broken_again))
+    # ROLLBACK_1 is the newest verified deployment of another image, but BRANCH_STAGING
+    # shipped that image first.
+    assert cli_json("rollback-target", "-e", "staging")["id"] == BRANCH_STAGING
+    assert ok(cli("rollback-target", "-e", "staging", ROLLBACK_1, "--field", "id")) == (
+        BRANCH_STAGING
+    )
+    # The commit's short sha names two deployments here (the original and its rollback).
+    result = cli("rollback-target", "-e", "staging", SHA_2[:7])
+    assert result.exit_code == 1
+    assert f"{SHA_2[:7]} is ambiguous" in result.stderr

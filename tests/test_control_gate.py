@@ -1,4 +1,7 @@
-"""The promotion gate and `promote`: production only receives images verified in staging."""
+"""The promotion gate and `promote`: production only receives images verified in staging.
+
+`promote` enforces the gate; `record` never refuses a deployment that happened, but marks
+one that went past the gate (gate_bypassed) and warns."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from control_helpers import History, ok, row_count
+from helpers import History, ok, parse_github_output, row_count
 
 import deployment_tracker as dt
 
@@ -20,56 +23,87 @@ def history(cli: Callable[..., Result]) -> History:
     return History(cli)
 
 
-def refused_by_gate(result: Result) -> None:
-    assert result.exit_code == 1, result.output
-    assert GATE_MESSAGE in result.stderr
-    assert "--override-gate" in result.stderr
+def recorded_past_gate(result: Result, history: History, message: str = GATE_MESSAGE) -> str:
+    """The record succeeded with one warning line; the deployment carries the bypass."""
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("Warning: recorded past the promotion gate"), result.stderr
+    assert message in result.stderr
     assert result.stderr.count("\n") == 1
+    deployment_id = result.stdout.strip()
+    record = history.get(deployment_id)
+    assert record["gate_bypassed"] is True
+    assert [e["status"] for e in record["events"]] == ["deployed", "gate_bypassed"]
+    assert message in record["events"][1]["note"]
+    return deployment_id
 
 
-def test_production_refuses_an_image_never_verified_in_staging(
+def not_gated(result: Result, history: History) -> str:
+    assert result.exit_code == 0, result.output
+    assert "Warning" not in result.stderr
+    deployment_id = result.stdout.strip()
+    assert history.get(deployment_id)["gate_bypassed"] is False
+    return deployment_id
+
+
+def test_production_records_an_image_never_verified_in_staging_as_a_bypass(
     cli: Callable[..., Result], history: History, db_path: Path
 ) -> None:
     history.record("staging", verified=True)
-    before = row_count(db_path)
-    _, sha = history.next_id()
-    # A fresh build (its own image) and the image of an unverified, failed or
-    # blocked staging deployment are all refused.
-    refused_by_gate(cli("record", "-e", "production", "-b", "main", "-c", sha))
     deployed = history.record("staging")
     failed = history.record("staging")
     history.verify(failed, "failed")
     blocked = history.record("staging", verified=True)
-    ok(cli("block", "--id", blocked, "--reason", "bad"))
-    for image in (deployed, failed, blocked):
-        refused_by_gate(
-            cli("record", "-e", "production", "-b", "main", "-c", sha, "--image-tag", image)
-        )
-    assert row_count(db_path) == before + 3
-    assert history.ids("-e", "production") == []
+    ok(cli("block", blocked, "--reason", "bad"))
+    before = row_count(db_path)
+    # A fresh build (its own image) and the image of an unverified, failed or
+    # blocked staging deployment all went past the gate: recorded, and marked.
+    bypassed = []
+    for image in (None, deployed, failed, blocked):
+        deployment_id, sha = history.next_id()
+        args = ["record", "-e", "production", "-b", "main", "-c", sha, "--id", deployment_id]
+        result = cli(*args, *(["--image-tag", image] if image else []))
+        bypassed.append(recorded_past_gate(result, history))
+    assert row_count(db_path) == before + 4
+    assert history.ids("-e", "production") == bypassed[::-1]
+    # The mark shows in the table, and in every machine format.
+    table = ok(cli("list", "-e", "production")).splitlines()
+    header, rule, *rows = table
+    assert header.split()[-1] == "marks" and set(rule) == {"-", " "}
+    assert [row.split()[-1] for row in rows] == ["gate-bypassed"] * 4
+    assert ok(cli("list", "-e", "production", "--field", "gate_bypassed")).split() == ["true"] * 4
 
 
 def test_production_accepts_an_image_verified_in_staging(
     cli: Callable[..., Result], history: History
 ) -> None:
     staging = history.record("staging", verified=True)
-    production = history.record("production", image=staging)
+    deployment_id, sha = history.next_id()
+    production = not_gated(
+        cli(
+            *("record", "-e", "production", "-b", "main", "-c", sha),
+            *("--id", deployment_id, "--image-tag", staging),
+        ),
+        history,
+    )
     record = history.get(production)
     assert record["image_tag"] == staging
     assert [e["status"] for e in record["events"]] == ["deployed"]
+    assert ok(cli("list", "-e", "production", "--field", "gate_bypassed")) == "false"
 
 
-def test_refusal_names_the_image_verified_for_the_same_commit(
+def test_the_warning_names_the_image_verified_for_the_same_commit(
     cli: Callable[..., Result], history: History
 ) -> None:
     staging = history.record("staging", verified=True)
     sha = history.get(staging)["commit_sha"]
     result = cli("record", "-e", "production", "-b", "main", "-c", sha)
-    refused_by_gate(result)
-    assert f"commit {sha[:7]} was verified there as image {staging}" in result.stderr
+    deployment_id = recorded_past_gate(result, history)
+    named = f"commit {sha[:7]} was verified there as image {staging}"
+    assert named in result.stderr
+    assert named in history.get(deployment_id)["events"][1]["note"]
 
 
-def test_an_override_is_recorded_with_its_reason_and_a_warning(
+def test_an_override_reason_is_kept_with_the_bypass(
     cli: Callable[..., Result], history: History
 ) -> None:
     deployment_id, sha = history.next_id()
@@ -89,16 +123,15 @@ def test_an_override_is_recorded_with_its_reason_and_a_warning(
         "hotfix for incident 42",
     )
     result = cli(*args)
-    assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == deployment_id
-    assert "WARNING: promotion gate overridden" in result.stderr
-    assert "hotfix for incident 42" in result.stderr
+    assert recorded_past_gate(result, history) == deployment_id
+    assert result.stderr.startswith(
+        "Warning: recorded past the promotion gate (reason: hotfix for incident 42): "
+        + GATE_MESSAGE
+    )
     events = history.get(deployment_id)["events"]
-    assert [e["status"] for e in events] == ["deployed", "gate_overridden"]
     assert events[1]["by"] == "alice"
-    assert GATE_MESSAGE in events[1]["note"]
-    assert events[1]["note"].endswith("overridden: hotfix for incident 42")
-    # A retried call is "already recorded" and adds no second override event.
+    assert events[1]["note"].endswith("; reason given: hotfix for incident 42")
+    # A retried call is "already recorded": no second bypass event, no second warning.
     again = cli(*args)
     assert again.exit_code == 0
     assert again.stderr == f"already recorded: {deployment_id}\n"
@@ -118,9 +151,8 @@ def test_an_override_that_is_not_needed_leaves_no_trace(
         "--override-gate",
         "just in case",
     )
-    assert result.exit_code == 0
-    assert "WARNING" not in result.stderr
-    assert [e["status"] for e in history.get(result.stdout.strip())["events"]] == ["deployed"]
+    production = not_gated(result, history)
+    assert [e["status"] for e in history.get(production)["events"]] == ["deployed"]
 
 
 def test_rollbacks_in_production_pass_the_gate(
@@ -135,25 +167,31 @@ def test_rollbacks_in_production_pass_the_gate(
     # production to what production already ran is still allowed.
     ok(cli("block", "--id", old, "--reason", "blocked in staging only"))
     rollback = history.rollback("production", first)
-    assert history.get(rollback)["image_tag"] == old
+    record = history.get(rollback)
+    assert record["image_tag"] == old
+    assert record["gate_bypassed"] is False
+    assert [e["status"] for e in record["events"]] == ["deployed"]
 
 
 def test_gates_are_configurable(cli: Callable[..., Result], history: History) -> None:
-    _, sha = history.next_id()
+    def record(environment: str, *extra: str, env: dict[str, str] | None = None) -> Result:
+        deployment_id, sha = history.next_id()
+        args = ("record", "-e", environment, "-b", "main", "-c", sha, "--id", deployment_id)
+        return cli(*args, *extra, env=env)
+
     no_gate = {dt.GATES_ENV_VAR: "none"}
-    assert cli("record", "-e", "production", "-b", "main", "-c", sha, env=no_gate).exit_code == 0
+    not_gated(record("production", env=no_gate), history)
+    not_gated(record("production", "--gates", "none"), history)
     # qa gates staging; production is then free.
     qa = {dt.GATES_ENV_VAR: "qa:staging"}
-    _, sha = history.next_id()
-    result = cli("record", "-e", "staging", "-b", "main", "-c", sha, env=qa)
-    assert result.exit_code == 1
-    assert "staging only receives images verified in qa" in result.stderr
-    assert cli("record", "-e", "production", "-b", "main", "-c", sha, env=qa).exit_code == 0
-    # An empty value means the default, never "no gate".
-    _, sha = history.next_id()
-    refused_by_gate(
-        cli("record", "-e", "production", "-b", "main", "-c", sha, env={dt.GATES_ENV_VAR: ""})
+    recorded_past_gate(
+        record("staging", env=qa), history, "staging only receives images verified in qa"
     )
+    not_gated(record("production", env=qa), history)
+    # The option wins over the variable.
+    recorded_past_gate(record("production", "--gates", "staging:production", env=no_gate), history)
+    # An empty value means the default, never "no gate".
+    recorded_past_gate(record("production", env={dt.GATES_ENV_VAR: ""}), history)
 
 
 @pytest.mark.parametrize("value", ["staging", "staging:staging", "a:b,c:b", "Staging:prod", ":x"])
@@ -169,10 +207,13 @@ def test_a_bad_gate_setting_is_invalid_input_and_writes_nothing(
 
 
 def test_promotion_gates_parsing() -> None:
-    assert dt.promotion_gates(None) == {"production": "staging"}
-    assert dt.promotion_gates(" ") == {"production": "staging"}
-    assert dt.promotion_gates("NONE") == {}
-    assert dt.promotion_gates("dev:qa, qa:production") == {"qa": "dev", "production": "qa"}
+    assert dt.parse_gates(None) == {"production": "staging"}
+    assert dt.parse_gates(" ") == {"production": "staging"}
+    assert dt.parse_gates("NONE") == {}
+    assert dt.parse_gates("dev:qa, qa:production") == {"qa": "dev", "production": "qa"}
+    for bad in ("staging", "staging:staging", "a:b,c:b", "Staging:prod", ":x"):
+        with pytest.raises(dt.InvalidInput):
+            dt.parse_gates(bad)
 
 
 # -- promote ----------------------------------------------------------------------
@@ -229,12 +270,14 @@ def test_promote_with_an_id_checks_it(cli: Callable[..., Result], history: Histo
         (unverified, 1, "only a verified one can be promoted"),
         (elsewhere, 1, "is in qa, not staging"),
         ("main_abcdef1_20260101000000", 1, "no deployment with id"),
-        ("nonsense", 2, "deployment id must look like"),
+        ("nonsense", 1, "no deployment in staging has an id or commit starting with nonsense"),
+        ("non sense", 2, "must be a Docker tag"),
     ]
     for deployment_id, code, message in cases:
-        result = cli("promote", "--id", deployment_id)
-        assert result.exit_code == code, result.output
-        assert message in result.stderr
+        for given in (("--id", deployment_id), (deployment_id,)):
+            result = cli("promote", *given)
+            assert result.exit_code == code, result.output
+            assert message in result.stderr
     ok(cli("block", "--id", verified, "--reason", "leaks memory"))
     result = cli("promote", "--id", verified)
     assert result.exit_code == 1
@@ -259,7 +302,11 @@ def test_record_promoted_from_refusals(
     before = row_count(db_path)
     cases = [
         (("--promoted-from", unverified), 1, "only a verified one can be promoted"),
-        (("--promoted-from", verified, "--image-tag", "other"), 2, "a promotion deploys the image"),
+        (
+            ("--promoted-from", verified, "--image-tag", "other"),
+            2,
+            f"redeploys the image of {verified}",
+        ),
         (("--promoted-from", verified, "--rollback-of", verified), 2, "not both"),
         (("--promoted-from", "main_abcdef1_20260101000000"), 1, "to promote"),
     ]
@@ -274,40 +321,117 @@ def test_record_promoted_from_refusals(
 
 
 def test_data_layer_gate(db_path: Path) -> None:
+    gates = dt.parse_gates(None)
     db = dt.connect(str(db_path), write=True)
     try:
-        staging, _ = dt.record_deployment(
+        staging, _, objection = dt.record_deployment(
             db,
-            environment="staging",
-            branch="main",
-            commit_sha="f" * 40,
-            deployment_id="main_fffffff_20250101000000",
-            gates={},
-        )
-        with pytest.raises(dt.Refused, match=GATE_MESSAGE):
-            dt.record_deployment(
-                db,
-                environment="production",
+            dt.RecordRequest(
+                environment="staging",
                 branch="main",
                 commit_sha="f" * 40,
-                deployment_id="main_fffffff_20260101000000",
-                image_tag=staging["image_tag"],
-                gates={"production": "staging"},
-            )
-        dt.verify_deployment(db, staging["id"], "verified")
-        warnings: list[str] = []
-        promoted, created = dt.record_deployment(
-            db,
-            environment="production",
-            promoted_from=staging["id"],
-            deployment_id="main_fffffff_20260101000000",
-            gates={"production": "staging"},
-            warn=warnings.append,
+                deployment_id="main_fffffff_20250101000000",
+            ),
+            gates=gates,
         )
-        assert created and promoted["promoted_from"] == staging["id"] and warnings == []
+        assert objection is None
+        early = dt.RecordRequest(
+            environment="production",
+            branch="main",
+            commit_sha="f" * 40,
+            deployment_id="main_fffffff_20250601000000",
+            image_tag=staging["image_tag"],
+            gate_reason="smoke tests are down",
+        )
+        assert dt.gate_objection(db, {**staging, "environment": "production"}, gates) is not None
+        bypassed, created, objection = dt.record_deployment(db, early, gates=gates)
+        assert created and objection is not None and GATE_MESSAGE in objection
+        assert bypassed["gate_bypassed"] is True
+        assert dt.get_deployment(db, bypassed["id"]) == bypassed
+        assert [(e["status"], e["note"]) for e in dt.events(db, bypassed["id"])] == [
+            ("deployed", None),
+            ("gate_bypassed", f"{objection}; reason given: smoke tests are down"),
+        ]
+        # Retried: the same record, no new objection and no second event.
+        assert dt.record_deployment(db, early, gates=gates)[1:] == (False, None)
+        assert len(dt.events(db, bypassed["id"])) == 2
+        dt.verify_deployment(db, staging["id"], "verified")
+        assert dt.gate_objection(db, {**staging, "environment": "production"}, gates) is None
+        promoted, created, objection = dt.record_deployment(
+            db,
+            dt.RecordRequest(
+                environment="production",
+                promoted_from=staging["id"],
+                deployment_id="main_fffffff_20260101000000",
+            ),
+            gates=gates,
+        )
+        assert created and promoted["promoted_from"] == staging["id"] and objection is None
+        assert promoted["gate_bypassed"] is False
         assert dt.get_deployment(db, promoted["id"]) == promoted
         assert dt.promotion_candidate(db, "staging", "qa")["id"] == staging["id"]
         with pytest.raises(dt.Refused, match="already runs"):
             dt.promotion_candidate(db, "staging", "production")
     finally:
         db.close()
+
+
+# -- promote --commit, --build-if-ungated: the workflow's decision ------------------------
+
+
+def test_promote_a_commit_picks_its_latest_verified_staging_deployment(
+    cli: Callable[..., Result], history: History
+) -> None:
+    first = history.record("staging", verified=True)
+    sha = history.get(first)["commit_sha"]
+    again_id = f"main_{sha[:7]}_20260102000000"
+    ok(cli("record", "-e", "staging", "-b", "main", "-c", sha, "--id", again_id))
+    history.verify(again_id)
+    history.record("staging", verified=True)  # another commit, newer
+    assert ok(cli("promote", "--commit", sha, "--field", "id")) == again_id
+    ok(cli("block", again_id, "--reason", "bad"))
+    assert ok(cli("promote", "--commit", sha[:7], "--field", "id")) == first
+    result = cli("promote", first, "--commit", sha)
+    assert result.exit_code == 2
+    assert "not both" in result.stderr
+
+
+def test_promote_a_commit_never_verified_in_staging(
+    cli: Callable[..., Result], history: History, tmp_path: Path
+) -> None:
+    history.record("staging", verified=True)
+    _, sha = history.next_id()
+    # The gate guards production: refused, and told what to do.
+    result = cli("promote", "--commit", sha, "--build-if-ungated")
+    assert result.exit_code == 1
+    assert f"commit {sha} has no verified, unblocked deployment in staging" in result.stderr
+    assert "the staging:production gate requires one" in result.stderr
+    # No gate: not found, unless the caller may build it.
+    result = cli("promote", "--commit", sha, "--gates", "none")
+    assert result.exit_code == 1
+    assert "gate" not in result.stderr
+    outputs = tmp_path / "github_output"
+    outputs.touch()
+    env = {dt.GATES_ENV_VAR: "none", "GITHUB_OUTPUT": str(outputs)}
+    result = cli("promote", "--commit", sha, "--build-if-ungated", "--github-output", env=env)
+    assert (result.exit_code, result.stdout) == (0, "build\n"), result.output
+    assert result.stderr.startswith("Warning: ")
+    assert f"no gate guards production: build and deploy commit {sha}" in result.stderr
+    assert parse_github_output(outputs.read_text()) == {"mode": "build", "commit_sha": sha}
+    # A gate on another target does not guard production.
+    result = cli("promote", "--commit", sha, "--build-if-ungated", "--gates", "dev:qa")
+    assert (result.exit_code, result.stdout) == (0, "build\n"), result.output
+
+
+def test_promote_tells_the_workflow_to_promote(
+    cli: Callable[..., Result], history: History, tmp_path: Path
+) -> None:
+    staging = history.record("staging", verified=True)
+    sha = history.get(staging)["commit_sha"]
+    outputs = tmp_path / "github_output"
+    outputs.touch()
+    env = {"GITHUB_OUTPUT": str(outputs)}
+    result = cli("promote", "--commit", sha, "--build-if-ungated", "--github-output", env=env)
+    assert (result.exit_code, result.stdout) == (0, staging + "\n"), result.output
+    written = parse_github_output(outputs.read_text())
+    assert (written["mode"], written["id"], written["image_tag"]) == ("promote", staging, staging)

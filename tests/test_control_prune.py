@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from control_helpers import History, ok, row_count
+from helpers import History, ok, row_count
 
 import deployment_tracker as dt
 
@@ -138,17 +138,17 @@ def test_prune_refusals(cli: Callable[..., Result], history: History, db_path: P
     assert not db_path.exists()
     history.record("staging")
     history.record("staging")
-    db = dt.connect(str(db_path), write=False)
-    try:
-        with pytest.raises(dt.InvalidInput):
-            dt.plan_prune(db, -1)
-    finally:
-        db.close()
+    before = db_path.read_bytes()
+    for args in (("prune", "--keep", "-1"), ("prune", "--keep", "0", "-e", "Bad Env")):
+        assert cli(*args).exit_code == 2
+    assert db_path.read_bytes() == before
+    assert len(history.ids()) == 2
 
 
 def test_data_layer_prune_is_one_transaction(history: History, db_path: Path) -> None:
     for _ in range(4):
         history.record("staging")
+    # A plan reads; the prune of that plan, in one transaction, removes exactly it.
     db = dt.connect(str(db_path), write=True)
     try:
         planned = dt.plan_prune(db, 1)

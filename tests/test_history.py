@@ -539,9 +539,6 @@ def test_a_foreign_database_on_the_branch_is_refused_and_nothing_pushed(
     assert history_tip(remote) == tip
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the tracker does not yet refuse extra schema objects (lead: schema check)"
-)
 def test_a_tracker_database_with_an_extra_trigger_is_refused_and_nothing_pushed(
     work: Path, remote: Path, tmp_path: Path
 ) -> None:
@@ -553,5 +550,6 @@ def test_a_tracker_database_with_an_extra_trigger_is_refused_and_nothing_pushed(
     )
     tip = put_history_file(remote, sqlite_bytes(db, trigger))
     result = record(work, "--id", ID_B, sha=SHA_B)
-    assert result.returncode != 0
+    assert result.returncode == 1
+    assert "does not have exactly the schema" in result.stderr
     assert history_tip(remote) == tip

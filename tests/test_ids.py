@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import pytest
+from click.testing import Result
 
 import deployment_tracker as dt
 
@@ -108,7 +110,7 @@ def test_branch_names_git_refuses_are_refused(branch: str) -> None:
         dt.check_branch(branch)
 
 
-def test_new_id_through_the_cli(cli) -> None:  # type: ignore[no-untyped-def]
+def test_new_id_through_the_cli(cli: Callable[..., Result]) -> None:
     before = datetime.now(timezone.utc).replace(microsecond=0)
     result = cli("new-id", "--branch", "feat/$(id)", "--commit", SHA)
     after = datetime.now(timezone.utc)

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cli_runner import make_runner
+import pytest
 from click.testing import CliRunner
+from helpers import make_runner, run_tracker
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from reliability_support import run_cli
 
 import deployment_tracker as dt
 
 # Where git refuses or the tracker deliberately does: C1 controls (U+0080 to
-# U+009F) are accepted by git but refused by the tracker, as terminals act on them.
+# U+009F) are accepted by git but refused by the tracker, as terminals act on them,
+# and so are the marks that reorder displayed text (bidi).
 GIT_FORBIDDEN = set(" ~^:?*[\\") | {chr(code) for code in range(0x20)} | {"\x7f"}
-TRACKER_FORBIDDEN = {chr(code) for code in range(0x80, 0xA0)}
+BIDI = {
+    "\u061c",
+    "\u200e",
+    "\u200f",
+    *map(chr, range(0x202A, 0x202F)),
+    *map(chr, range(0x2066, 0x206A)),
+}
+TRACKER_FORBIDDEN = {chr(code) for code in range(0x80, 0xA0)} | BIDI
+DOCKER_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 FAST = settings(max_examples=150, deadline=None)
 LONG = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 CLI = settings(
@@ -87,7 +97,8 @@ def test_any_git_branch_gives_a_docker_tag_that_parses_back(
 ) -> None:
     assert dt.check_branch(branch) == branch
     deployment_id = dt.make_id(branch, sha, moment)
-    assert dt.TAG_PATTERN.fullmatch(deployment_id), deployment_id
+    assert DOCKER_TAG.fullmatch(deployment_id), deployment_id
+    assert dt.check_image_tag(deployment_id) == deployment_id
     assert len(deployment_id) <= 128
     _, short_sha, parsed_moment = dt.parse_id(deployment_id)
     assert short_sha == sha[: dt.SHORT_SHA_LENGTH]
@@ -127,7 +138,28 @@ def test_the_branch_strategy_only_makes_names_git_accepts(branch: str) -> None:
 def test_c1_controls_git_accepts_are_refused_by_design(runner: CliRunner) -> None:
     result = runner.invoke(dt.cli, ["new-id", "-b", "main\x9b31m", "-c", "a" * 7])
     assert result.exit_code == 2
-    assert "control characters" in result.stderr
+    assert "branch must not contain control or bidi characters" in result.stderr
+
+
+@pytest.mark.parametrize("mark", sorted(BIDI))
+def test_bidi_marks_git_accepts_are_refused_by_design(
+    runner: CliRunner, mark: str, db_path: Path
+) -> None:
+    """`hotfix/\u202edexif-ton` would show as `hotfix/not-fixed`."""
+    branch = f"hotfix/{mark}dexif-ton"
+    assert (
+        subprocess.run(["git", "check-ref-format", "--branch", branch], check=False).returncode == 0
+    )
+    record = ["--db", str(db_path), "record", "-e", "qa", "-b", "main", "-c", "a" * 7]
+    for args in (
+        ["new-id", "-b", branch, "-c", "a" * 7],
+        [*record, "--actor", f"{mark}x"],
+        [*record, "--note", f"a{mark}b"],
+    ):
+        result = runner.invoke(dt.cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "must not contain control or bidi characters" in result.stderr
+    assert not db_path.exists()
 
 
 @CLI
@@ -137,14 +169,14 @@ def test_new_id_from_the_cli_is_a_tag_with_the_sha(branch: str, sha: str) -> Non
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["branch"] == branch
-    assert dt.TAG_PATTERN.fullmatch(shown["id"])
+    assert DOCKER_TAG.fullmatch(shown["id"])
     assert dt.parse_id(shown["id"])[1] == sha[:7] == shown["short_sha"]
 
 
 def free_text(limit: int, *, multiline: bool) -> st.SearchStrategy[str]:
     allowed = {"\t", "\n"} if multiline else set()
     forbidden = (
-        {chr(code) for code in range(0x20)} | {chr(code) for code in range(0x7F, 0xA0)}
+        {chr(code) for code in range(0x20)} | {chr(code) for code in range(0x7F, 0xA0)} | BIDI
     ) - allowed
     return st.text(
         st.characters(blacklist_categories=("Cs",), blacklist_characters="".join(forbidden)),
@@ -164,9 +196,7 @@ def record_and_get(branch: str, actor: str, note: str) -> dict[str, object]:
         args = ["record", "-e", "qa", "-b", branch, "-c", "a" * 40, "--actor", actor]
         recorded = runner.invoke(dt.cli, ["--db", db, *args, "--note", note])
         assert recorded.exit_code == 0, recorded.output
-        shown = runner.invoke(
-            dt.cli, ["--db", db, "get", "--id", recorded.stdout.strip(), "--format", "json"]
-        )
+        shown = runner.invoke(dt.cli, ["--db", db, "get", recorded.stdout.strip(), "-o", "json"])
         assert shown.exit_code == 0, shown.output
         result: dict[str, object] = json.loads(shown.stdout)
         return result
@@ -188,9 +218,9 @@ def test_any_text_round_trips_through_real_processes(branch: str, actor: str, no
     with tempfile.TemporaryDirectory() as folder:
         db = Path(folder) / "deployments.db"
         args = ("-e", "qa", "-b", branch, "-c", "b" * 40, "--actor", actor, "--note", note)
-        recorded = run_cli("record", *args, db=db)
+        recorded = run_tracker("record", *args, db=db)
         assert recorded.returncode == 0, recorded.stderr
-        shown = run_cli("get", "--id", recorded.stdout.strip(), "--format", "json", db=db)
+        shown = run_tracker("get", recorded.stdout.strip(), "-o", "json", db=db)
         assert shown.returncode == 0, shown.stderr
     stored = json.loads(shown.stdout)
     assert (stored["branch"], stored["actor"], stored["note"]) == (branch, actor, note)

@@ -8,6 +8,7 @@ history grows; the benchmark (tests/benchmarks/run.py) measures the timing.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import captured_sql, query_plan
 
 import deployment_tracker as dt
 
@@ -26,29 +28,30 @@ BRANCHES = ("main", "feature/login", "hotfix/rare")
 def seed(db: sqlite3.Connection, count: int) -> dict[str, str]:
     """`count` deployments of every status, newest last; returns ids to ask about."""
     start = datetime.now(timezone.utc) - timedelta(days=30)
-    ids = {}
+    ids: dict[str, str] = {}
     for number in range(count):
         branch = BRANCHES[number % 2] if number else "hotfix/rare"  # rare: the oldest only
         environment = ENVIRONMENTS[number % 3 == 0]
-        record, _ = dt.record_deployment(
-            db,
-            environment=environment,
-            branch=branch,
-            commit_sha=f"{number:07x}" + "a" * 33,
-            now=start + timedelta(minutes=number),
+        request = dt.RecordRequest(
+            environment=environment, branch=branch, commit_sha=f"{number:07x}" + "a" * 33
+        )
+        record, _, _ = dt.record_deployment(
+            db, request, gates=dt.parse_gates(None), now=start + timedelta(minutes=number)
         )
         if number % 5:
             result = "failed" if number % 7 == 3 and number < count - 3 else "verified"
             dt.verify_deployment(db, record["id"], result, by="test")
         ids.setdefault(environment, record["id"])
     for environment in ENVIRONMENTS:  # marks the running one rolled_back
-        target = dt.rollback_target(db, environment)
+        target, _ = dt.rollback_target(db, environment)
+        rollback = dt.RecordRequest(environment=environment, rollback_of=target["id"])
         dt.record_deployment(
-            db,
-            environment=environment,
-            rollback_of=target["id"],
-            now=start + timedelta(minutes=count + 1),
+            db, rollback, gates=dt.parse_gates(None), now=start + timedelta(minutes=count + 1)
         )
+    # A verified qa deployment of an image qa doesn't run: to roll back to, or to promote.
+    verified, _ = dt.rollback_target(db, "qa")
+    ids["verified qa"] = verified["id"]
+    ids["verified qa commit"] = verified["commit_sha"]
     return ids
 
 
@@ -65,45 +68,57 @@ def database(
     reader.close()
 
 
-def captured(db: sqlite3.Connection, action: Callable[[], Any]) -> list[str]:
-    """The SELECT statements `action` runs, with their values filled in."""
-    statements: list[str] = []
-    db.set_trace_callback(statements.append)
-    try:
-        result = action()
-        if isinstance(result, Iterator):
-            list(result)
-    finally:
-        db.set_trace_callback(None)
-    return [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+def latest_in_qa(db: sqlite3.Connection, status: str) -> dict[str, Any]:
+    return dt.latest(db, "qa", status)
 
 
-def plan(db: sqlite3.Connection, sql: str) -> list[str]:
-    return [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql)]
+def listed(
+    db: sqlite3.Connection, filters: dict[str, Any], limit: int | None
+) -> Iterator[dict[str, Any]]:
+    return dt.list_deployments(db, **filters, limit=limit)
 
 
 def reading_queries(ids: dict[str, str]) -> dict[str, Callable[[sqlite3.Connection], Any]]:
-    """Every query behind latest, rollback-target, get and list, by name."""
+    """Every query behind latest, rollback-target, get, promote, the gate, ids given as a
+    prefix or a short sha, and list, by name."""
     queries: dict[str, Callable[[sqlite3.Connection], Any]] = {}
     for status in (*dt.STATUSES, "any"):
-        queries[f"latest --status {status}"] = lambda db, s=status: dt.latest(db, "qa", s)
+        queries[f"latest --status {status}"] = functools.partial(latest_in_qa, status=status)
     queries["rollback-target"] = lambda db: dt.rollback_target(db, "qa")
     queries["rollback-target --id"] = lambda db: dt.rollback_target(db, "qa", ids["qa"], force=True)
+    queries["rollback-target verified ID"] = lambda db: dt.rollback_target(
+        db, "qa", ids["verified qa"]
+    )
     queries["get"] = lambda db: (
         dt.get_deployment(db, ids["staging"]),
         dt.events(db, ids["staging"]),
     )
+    queries["ID prefix"] = lambda db: dt.resolve_id(db, ids["staging"][:-3])
+    queries["ID short sha"] = lambda db: dt.resolve_id(db, ids["verified qa commit"][:7], "qa")
+    queries["promote"] = lambda db: dt.promotion_candidate(db, "qa", "staging")
+    queries["promote ID"] = lambda db: dt.promotion_candidate(
+        db, "qa", "staging", deployment_id=ids["verified qa"]
+    )
+    queries["promote --commit"] = lambda db: dt.promotion_candidate(
+        db, "qa", "staging", commit_sha=ids["verified qa commit"]
+    )
+    queries["gate"] = lambda db: dt.gate_objection(
+        db,
+        {**dt.get_deployment(db, ids["staging"]), "environment": "production"},
+        {"production": "qa"},
+    )
+    queries["completion of ids"] = lambda db: dt.newest_ids(db, "main")
     filters = {"environment": "qa", "branch": "hotfix/rare", "status": "verified"}
     for size in range(len(filters) + 1):
         for chosen in itertools.combinations(filters, size):
-            given = {name: filters[name] for name in chosen}
+            given: dict[str, Any] = {name: filters[name] for name in chosen}
             for limit in (dt.DEFAULT_LIST_LIMIT, None):
                 name = (
                     "list "
                     + " ".join(f"--{key}" for key in chosen)
                     + (" --all" if limit is None else "")
                 )
-                queries[name] = lambda db, g=given, n=limit: dt.list_deployments(db, **g, limit=n)
+                queries[name] = functools.partial(listed, filters=given, limit=limit)
     return queries
 
 
@@ -112,7 +127,7 @@ def test_every_reading_query_is_captured(
 ) -> None:
     db, ids = database
     for name, query in reading_queries(ids).items():
-        assert captured(db, lambda q=query: q(db)), name
+        assert captured_sql(db, functools.partial(query, db)), name
 
 
 @pytest.mark.parametrize("name", list(reading_queries({"qa": "", "staging": ""})))
@@ -121,8 +136,8 @@ def test_no_table_scan_and_no_sort(
 ) -> None:
     db, ids = database
     query = reading_queries(ids)[name]
-    for sql in captured(db, lambda: query(db)):
-        steps = plan(db, sql)
+    for sql in captured_sql(db, lambda: query(db)):
+        steps = query_plan(db, sql)
         shown = f"{name}: {sql}\n" + "\n".join(steps)
         assert not any("TEMP B-TREE" in step for step in steps), shown
         for step in steps:
@@ -146,9 +161,9 @@ def test_list_filters_are_all_answered_by_one_index(
     """An index on only some of the filters would walk every row of the others."""
     db, _ = database
     values = {"environment": "qa", "branch": "hotfix/rare", "status": "verified"}
-    given = {name: values[name] for name in chosen}
-    (sql,) = captured(db, lambda: dt.list_deployments(db, **given))
-    (step,) = plan(db, sql)
+    given: dict[str, Any] = {name: values[name] for name in chosen}
+    (sql,) = captured_sql(db, lambda: dt.list_deployments(db, **given))
+    (step,) = query_plan(db, sql)
     assert step.startswith("SEARCH deployments USING INDEX"), step
     used = step[step.index("(") + 1 : step.rindex(")")].split(" AND ")
     assert sorted(used) == sorted(f"{column}=?" for column in chosen), step

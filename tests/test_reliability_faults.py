@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import random
@@ -17,19 +18,18 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
-from reliability_support import (
+from helpers import (
     WORKER,
     assert_one_line_error,
     check_history_consistent,
     checkpoint,
-    crash_fields,
-    crash_rollback_id,
+    crash_request,
+    crash_rollback_request,
     dump,
     file_hash,
-    give_to_nobody,
     integrity,
-    run_cli,
-    shared_dir,
+    run_tracker,
+    scratch_dir,
     snapshot,
 )
 
@@ -45,12 +45,12 @@ NEW_RECORD = ("record", "-e", "staging", "-b", "next", "-c", SHA)
 READ_COMMANDS: dict[str, tuple[str, ...]] = {
     "list": ("list",),
     "latest": ("latest", "-e", "staging"),
-    "get": ("get", "--id", KNOWN_ID),
+    "get": ("get", KNOWN_ID),
     "rollback-target": ("rollback-target", "-e", "staging"),
 }
 WRITE_COMMANDS: dict[str, tuple[str, ...]] = {
     "record": NEW_RECORD,
-    "verify": ("verify", "--id", KNOWN_ID, "--status", "verified"),
+    "verify": ("verify", KNOWN_ID, "--status", "verified"),
 }
 
 
@@ -85,7 +85,11 @@ def run_until_killed(db_path: Path, start: int, rng: random.Random) -> list[str]
     # A random pause so the kill lands anywhere: in SQL, in fsync, in print.
     time.sleep(rng.random() * 0.004)
     worker.kill()
-    out, err = worker.communicate(timeout=60)
+    # Read the rest through the same buffered reader: readline() may hold lines it read
+    # ahead, which communicate() (reading the pipe itself) would never see.
+    assert worker.stderr is not None
+    out, err = worker.stdout.read(), worker.stderr.read()
+    worker.wait(timeout=60)
     assert worker.returncode == -9, err
     assert "Traceback" not in err, err
     lines.extend(line for line in out.splitlines() if line)
@@ -96,43 +100,40 @@ def retry_after_crash(db_path: Path, begin: str, log: CrashLog) -> None:
     """Redo the step the killed worker had begun: identical is safe, different fails."""
     kind, number_text, *rest = begin.split()[1:]
     number = int(number_text)
+    gates = dt.parse_gates(None)
     db = dt.connect(str(db_path), write=True)
     try:
         if kind == "record":
-            fields = crash_fields(number)
+            request = crash_request(number)
             if log.cli_retries < CLI_RETRIES:
                 log.cli_retries += 1
-                retry_record_with_cli(db_path, fields, log)
+                retry_record_with_cli(db_path, request, log)
             else:
-                _, created = dt.record_deployment(db, **fields)
+                _, created, _ = dt.record_deployment(db, request, gates=gates)
                 log.committed_unreported += not created
                 with pytest.raises(dt.Refused, match="already recorded with a different note"):
-                    dt.record_deployment(db, **{**fields, "note": "something else"})
-            log.reported.add(fields["deployment_id"])
+                    different = dataclasses.replace(request, note="something else")
+                    dt.record_deployment(db, different, gates=gates)
+            log.reported.add(str(request.deployment_id))
         elif kind == "verify":
-            deployment_id = crash_fields(number)["deployment_id"]
+            deployment_id = str(crash_request(number).deployment_id)
             _, changed = dt.verify_deployment(db, deployment_id, "verified", by="crash-bot")
             log.committed_unreported += not changed
             log.verified.add(deployment_id)
         else:
             target = dt.get_deployment(db, rest[0])
-            rollback_id = crash_rollback_id(number, target)
-            again = {
-                "environment": "live",
-                "deployment_id": rollback_id,
-                "rollback_of": target["id"],
-                "actor": "crash-bot",
-            }
-            _, created = dt.record_deployment(db, **again)
+            again = crash_rollback_request(number, target)
+            _, created, _ = dt.record_deployment(db, again, gates=gates)
             log.committed_unreported += not created
             with pytest.raises(dt.Refused, match="different actor"):
-                dt.record_deployment(db, **{**again, "actor": "someone-else"})
-            log.reported.add(rollback_id)
+                someone_else = dataclasses.replace(again, actor="someone-else")
+                dt.record_deployment(db, someone_else, gates=gates)
+            log.reported.add(str(again.deployment_id))
     finally:
         db.close()
 
 
-def retry_record_with_cli(db_path: Path, fields: dict[str, str], log: CrashLog) -> None:
+def retry_record_with_cli(db_path: Path, request: dt.RecordRequest, log: CrashLog) -> None:
     options = {
         "environment": "-e",
         "branch": "-b",
@@ -142,14 +143,14 @@ def retry_record_with_cli(db_path: Path, fields: dict[str, str], log: CrashLog) 
         "run_id": "--run-id",
         "note": "--note",
     }
-    args = [part for name, flag in options.items() for part in (flag, fields[name])]
-    same = run_cli("record", *args, db=db_path)
+    args = [part for name, flag in options.items() for part in (flag, getattr(request, name))]
+    same = run_tracker("record", *args, db=db_path)
     assert same.returncode == 0, same.stderr
-    assert same.stdout.strip() == fields["deployment_id"]
+    assert same.stdout.strip() == request.deployment_id
     if same.stderr:
-        assert same.stderr == f"already recorded: {fields['deployment_id']}\n"
+        assert same.stderr == f"already recorded: {request.deployment_id}\n"
         log.committed_unreported += 1
-    different = run_cli("record", *args, "--run-id", "999999", db=db_path)
+    different = run_tracker("record", *args, "--run-id", "999999", db=db_path)
     assert different.returncode == 1
     assert_one_line_error(different.stderr, "already recorded with a different run_id")
 
@@ -201,17 +202,16 @@ def test_sigkill_during_writes_loses_and_half_writes_nothing(tmp_path: Path) -> 
 def make_database(path: Path, records: int = 40) -> str:
     """A checkpointed database with KNOWN_ID and some filler; the newest id."""
     db = dt.connect(str(path), write=True)
-    record, _ = dt.record_deployment(
-        db, environment="staging", branch="main", commit_sha=SHA, deployment_id=KNOWN_ID
+    gates = dt.parse_gates(None)
+    known = dt.RecordRequest(
+        environment="staging", branch="main", commit_sha=SHA, deployment_id=KNOWN_ID
     )
+    record, _, _ = dt.record_deployment(db, known, gates=gates)
     for number in range(records):
-        record, _ = dt.record_deployment(
-            db,
-            environment="staging",
-            branch=f"filler/{number}",
-            commit_sha=SHA,
-            note="filler " * 50,
+        filler = dt.RecordRequest(
+            environment="staging", branch=f"filler/{number}", commit_sha=SHA, note="filler " * 50
         )
+        record, _, _ = dt.record_deployment(db, filler, gates=gates)
     db.close()
     checkpoint(path)
     return str(record["id"])
@@ -252,6 +252,15 @@ def bad_file_cases() -> Iterator[tuple[str, Callable[[Path, Path], None], str]]:
         db.execute("INSERT INTO accounts VALUES (1, 100)")
         db.close()
 
+    def extra(sql: str) -> Callable[[Path, Path], None]:
+        def add(path: Path, good: Path) -> None:
+            shutil.copy(good, path)
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute(sql)
+            db.close()
+
+        return add
+
     yield "missing", missing, "no database at"
     yield "directory", directory, "is a directory"
     yield "random bytes", random_bytes, "not a readable deployment database"
@@ -261,6 +270,19 @@ def bad_file_cases() -> Iterator[tuple[str, Callable[[Path, Path], None], str]]:
     yield "last page cut off", cut(lambda size: size - 4096), "malformed"
     yield "newer schema", newer, "newer than this tool knows"
     yield "another program's database", foreign, "not a deployment database"
+    # Ours by its id and version, but crafted: its schema is not exactly ours.
+    not_exactly = "does not have exactly the schema of version"
+    yield "an extra table", extra("CREATE TABLE notes (x)"), not_exactly
+    yield "an extra view", extra("CREATE VIEW everything AS SELECT * FROM deployments"), not_exactly
+    yield (
+        "an extra trigger",
+        extra(
+            "CREATE TRIGGER spy AFTER INSERT ON deployments"
+            " BEGIN UPDATE deployments SET note = 'x'; END"
+        ),
+        not_exactly,
+    )
+    yield "a dropped index", extra("DROP INDEX deployments_by_branch"), not_exactly
 
 
 BAD_FILES = list(bad_file_cases())
@@ -290,7 +312,7 @@ def test_broken_database_gives_one_line_and_changes_nothing(
     before = snapshot(folder)
 
     args = {**READ_COMMANDS, **WRITE_COMMANDS}[command]
-    result = run_cli(*args, db=path)
+    result = run_tracker(*args, db=path)
 
     assert result.returncode == 1, result.stderr
     assert_one_line_error(result.stderr, message)
@@ -308,44 +330,43 @@ def test_broken_database_gives_one_line_and_changes_nothing(
 
 def test_missing_database_for_a_write_is_created(tmp_path: Path) -> None:
     path = tmp_path / "deeper" / "deployments.db"
-    result = run_cli(*RECORD, db=path)
+    result = run_tracker(*RECORD, db=path)
     assert result.returncode == 0, result.stderr
     assert integrity(path) == "ok"
 
 
 # --------------------------------------------------------------------------
-# Permissions, as a user without root's privileges
+# Permissions, as a process without root's privileges (capabilities)
 # --------------------------------------------------------------------------
 
 READS = (
     ("list",),
     ("latest", "-e", "staging", "--status", "any", "--field", "id"),
-    ("get", "--id", KNOWN_ID, "--format", "json"),
+    ("get", KNOWN_ID, "-o", "json"),
 )
 
 
 def assert_reads_work(path: Path, newest: str) -> None:
     for args in READS:
-        result = run_cli(*args, db=path, as_nobody=True)
+        result = run_tracker(*args, db=path, unprivileged=True)
         assert result.returncode == 0, (args, result.stderr)
         assert result.stderr == ""
-    assert run_cli(*READS[1], db=path, as_nobody=True).stdout.strip() == newest
+    assert run_tracker(*READS[1], db=path, unprivileged=True).stdout.strip() == newest
 
 
 @pytest.fixture
-def nobody_folder() -> Iterator[Path]:
-    with shared_dir() as folder:
+def private_folder() -> Iterator[Path]:
+    with scratch_dir() as folder:
         yield folder
 
 
-def test_read_only_database_refuses_writes_and_still_reads(nobody_folder: Path) -> None:
-    path = nobody_folder / "deployments.db"
+def test_read_only_database_refuses_writes_and_still_reads(private_folder: Path) -> None:
+    path = private_folder / "deployments.db"
     newest = make_database(path, records=3)
-    give_to_nobody(path)
     path.chmod(0o444)
     digest = file_hash(path)
 
-    result = run_cli(*NEW_RECORD, db=path, as_nobody=True)
+    result = run_tracker(*NEW_RECORD, db=path, unprivileged=True)
 
     assert result.returncode == 1, result.stderr
     assert_one_line_error(result.stderr, "readonly")
@@ -354,31 +375,29 @@ def test_read_only_database_refuses_writes_and_still_reads(nobody_folder: Path) 
     assert file_hash(path) == digest
 
 
-def test_read_only_folder_refuses_writes_and_still_reads(nobody_folder: Path) -> None:
-    path = nobody_folder / "deployments.db"
+def test_read_only_folder_refuses_writes_and_still_reads(private_folder: Path) -> None:
+    path = private_folder / "deployments.db"
     newest = make_database(path, records=3)
-    give_to_nobody(path)
     path.chmod(0o444)
-    nobody_folder.chmod(0o555)
+    private_folder.chmod(0o555)
     digest = file_hash(path)
 
     for args in (NEW_RECORD, WRITE_COMMANDS["verify"]):
-        result = run_cli(*args, db=path, as_nobody=True)
+        result = run_tracker(*args, db=path, unprivileged=True)
         assert result.returncode == 1, result.stderr
         assert_one_line_error(result.stderr, "readonly")
     assert_reads_work(path, newest)
     assert file_hash(path) == digest
-    assert sorted(os.listdir(nobody_folder)) == ["deployments.db"]
+    assert sorted(os.listdir(private_folder)) == ["deployments.db"]
 
 
-def test_writable_database_in_read_only_folder_refuses_writes(nobody_folder: Path) -> None:
-    path = nobody_folder / "deployments.db"
+def test_writable_database_in_read_only_folder_refuses_writes(private_folder: Path) -> None:
+    path = private_folder / "deployments.db"
     newest = make_database(path, records=3)
-    give_to_nobody(path)
-    nobody_folder.chmod(0o555)
+    private_folder.chmod(0o555)
     digest = file_hash(path)
 
-    result = run_cli(*NEW_RECORD, db=path, as_nobody=True)
+    result = run_tracker(*NEW_RECORD, db=path, unprivileged=True)
 
     assert result.returncode == 1, result.stderr
     assert_one_line_error(result.stderr, "cannot use database", "readonly")
@@ -386,16 +405,17 @@ def test_writable_database_in_read_only_folder_refuses_writes(nobody_folder: Pat
     assert_reads_work(path, newest)
 
 
-def test_unflushed_wal_in_read_only_folder_is_never_read_stale(nobody_folder: Path) -> None:
+def test_unflushed_wal_in_read_only_folder_is_never_read_stale(private_folder: Path) -> None:
     """A writer died before checkpointing: its commits live only in the -wal file."""
-    path = nobody_folder / "deployments.db"
+    path = private_folder / "deployments.db"
     make_database(path, records=3)
     writer = sqlite3.connect(path)
     writer.execute("PRAGMA wal_autocheckpoint = 0")
     db = dt.connect(str(path), write=True)
     db.execute("PRAGMA wal_autocheckpoint = 0")
-    newest, _ = dt.record_deployment(db, environment="staging", branch="late", commit_sha=SHA)
-    crashed = nobody_folder / "crashed"
+    late = dt.RecordRequest(environment="staging", branch="late", commit_sha=SHA)
+    newest, _, _ = dt.record_deployment(db, late, gates=dt.parse_gates(None))
+    crashed = private_folder / "crashed"
     crashed.mkdir()
     for suffix in ("", "-wal"):
         shutil.copy(f"{path}{suffix}", f"{crashed / 'deployments.db'}{suffix}")
@@ -403,10 +423,9 @@ def test_unflushed_wal_in_read_only_folder_is_never_read_stale(nobody_folder: Pa
     writer.close()
     copy = crashed / "deployments.db"
     assert Path(f"{copy}-wal").stat().st_size > 0
-    give_to_nobody(crashed, copy, Path(f"{copy}-wal"))
     crashed.chmod(0o555)
 
-    result = run_cli(*READS[1], db=copy, as_nobody=True)
+    result = run_tracker(*READS[1], db=copy, unprivileged=True)
 
     if result.returncode == 0:
         assert result.stdout.strip() == newest["id"]
@@ -415,13 +434,13 @@ def test_unflushed_wal_in_read_only_folder_is_never_read_stale(nobody_folder: Pa
         assert_one_line_error(result.stderr, "-wal")
 
 
-def test_new_database_in_unwritable_folder(nobody_folder: Path) -> None:
-    nobody_folder.chmod(0o555)
-    for path in (nobody_folder / "deployments.db", nobody_folder / "sub" / "deployments.db"):
-        result = run_cli(*RECORD, db=path, as_nobody=True)
+def test_new_database_in_unwritable_folder(private_folder: Path) -> None:
+    private_folder.chmod(0o555)
+    for path in (private_folder / "deployments.db", private_folder / "sub" / "deployments.db"):
+        result = run_tracker(*RECORD, db=path, unprivileged=True)
         assert result.returncode == 1, result.stderr
         assert_one_line_error(result.stderr, "cannot open database")
-    assert os.listdir(nobody_folder) == []
+    assert os.listdir(private_folder) == []
 
 
 # --------------------------------------------------------------------------
@@ -445,22 +464,24 @@ def test_write_that_runs_out_of_space_changes_nothing(tmp_path: Path, limit: int
     before = dump(path)
     digest = file_hash(path)
 
-    result = run_cli(*NEW_RECORD, "--note", "x" * 3000, db=path, preexec_fn=file_size_limit(limit))
+    result = run_tracker(
+        *NEW_RECORD, "--note", "x" * 3000, db=path, preexec_fn=file_size_limit(limit)
+    )
 
     assert result.returncode == 1, result.stderr
     assert_one_line_error(result.stderr, "disk I/O error")
     assert file_hash(path) == digest
     assert dump(path) == before
     assert integrity(path) == "ok"
-    assert run_cli(*NEW_RECORD, db=path).returncode == 0
+    assert run_tracker(*NEW_RECORD, db=path).returncode == 0
 
 
 def test_new_database_on_a_full_disk_fails_cleanly_and_later_works(tmp_path: Path) -> None:
     path = tmp_path / "deployments.db"
-    result = run_cli(*RECORD, db=path, preexec_fn=file_size_limit(0))
+    result = run_tracker(*RECORD, db=path, preexec_fn=file_size_limit(0))
     assert result.returncode == 1, result.stderr
     assert_one_line_error(result.stderr, "disk I/O error")
-    again = run_cli(*RECORD, db=path)
+    again = run_tracker(*RECORD, db=path)
     assert again.returncode == 0, again.stderr
     assert integrity(path) == "ok"
 
@@ -501,7 +522,7 @@ def test_full_filesystem(tiny_filesystem: Path) -> None:
     digest = file_hash(path)
     filler: Optional[Path] = fill(tiny_filesystem)
 
-    result = run_cli(*NEW_RECORD, "--note", "x" * 3000, db=path)
+    result = run_tracker(*NEW_RECORD, "--note", "x" * 3000, db=path)
 
     assert result.returncode == 1, result.stderr
     assert_one_line_error(result.stderr, "disk")
@@ -510,4 +531,4 @@ def test_full_filesystem(tiny_filesystem: Path) -> None:
     filler.unlink()
     assert dump(path) == before
     assert integrity(path) == "ok"
-    assert run_cli(*NEW_RECORD, db=path).returncode == 0
+    assert run_tracker(*NEW_RECORD, db=path).returncode == 0

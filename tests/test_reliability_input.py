@@ -9,12 +9,14 @@ from typing import NamedTuple, Union
 
 import pytest
 from click.testing import CliRunner
-from reliability_support import (
+from helpers import (
     assert_one_line_error,
     checkpoint,
     dump,
     file_hash,
-    run_cli,
+    output_text,
+    parse_github_output,
+    run_tracker,
 )
 
 import deployment_tracker as dt
@@ -36,7 +38,7 @@ class Case(NamedTuple):
     message: str
 
 
-def record(*extra: str) -> tuple[str, ...]:
+def record(*extra: Union[str, bytes]) -> tuple[Union[str, bytes], ...]:
     return ("record", "-e", "staging", "-b", "feature", "-c", SHA, *extra)
 
 
@@ -51,8 +53,10 @@ CASES = [
     Case("sql id", record("--id", f"{STAGING_ID}' --"), 2, "deployment id must look like"),
     Case("sql rollback-of", record("--rollback-of", INJECTION), 2, "deployment id must look"),
     Case("sql committed-at", record("--committed-at", INJECTION), 2, "not an ISO 8601 time"),
-    Case("sql get", ("get", "--id", "' OR 1=1 --"), 2, "deployment id must look like"),
-    Case("sql verify", ("verify", "--id", INJECTION, "--status", "verified"), 2, "deployment id"),
+    Case("sql get", ("get", "--id", "' OR 1=1 --"), 2, "must be a Docker tag"),
+    Case("sql get argument", ("get", "' OR 1=1 --"), 2, "must be a Docker tag"),
+    Case("sql verify", ("verify", "--id", INJECTION, "--status", "verified"), 2, "Docker tag"),
+    Case("sql block", ("block", INJECTION, "--reason", "x"), 2, "must be a Docker tag"),
     Case("sql list env", ("list", "-e", "staging' OR '1'='1"), 2, "environment must be"),
     Case("sql list branch", ("list", "-b", "main' OR 1=1"), 2, "not a valid git branch name"),
     Case("sql latest", ("latest", "-e", INJECTION), 2, "environment must be"),
@@ -68,16 +72,19 @@ CASES = [
     Case("blank actor", record("--actor", "\u3000 "), 2, "actor must not be empty"),
     # Control characters and newlines (a newline would forge $GITHUB_OUTPUT lines).
     Case("newline branch", ("record", "-e", "qa", "-b", "m\nx=1", "-c", SHA), 2, "control"),
-    Case("newline actor", record("--actor", "bot\nimage_tag=evil"), 2, "control characters"),
-    Case("escape note", record("--note", "ok \x1b[31mred"), 2, "control characters"),
-    Case("carriage return url", record("--run-url", "https://ci/1\r\nX: y"), 2, "run_url"),
     Case(
-        "bell verify note",
-        ("verify", "--id", LIVE_ID, "--status", "failed", "--note", "\x07"),
-        2,
-        "control",
+        "newline actor", record("--actor", "bot\nimage_tag=evil"), 2, "control or bidi characters"
     ),
-    Case("C1 control actor", record("--actor", "bot\x9b31m"), 2, "control characters"),
+    Case("escape note", record("--note", "ok \x1b[31mred"), 2, "control or bidi characters"),
+    Case("carriage return url", record("--run-url", "https://ci/1\r\nX: y"), 2, "run_url"),
+    Case("bell record note", record("--note", "\x07"), 2, "control"),
+    Case("C1 control actor", record("--actor", "bot\x9b31m"), 2, "control or bidi characters"),
+    Case("C1 control by", ("verify", LIVE_ID, "--status", "failed", "--by", "\x9b"), 2, "control"),
+    # Bidi marks reorder what is shown: `fix/\u202etrats` shows as `fix/start`.
+    Case("bidi branch", ("record", "-e", "qa", "-b", "fix/\u202etrats", "-c", SHA), 2, "bidi"),
+    Case("bidi actor", record("--actor", "\u2066bot"), 2, "control or bidi characters"),
+    Case("bidi record note", record("--note", "ok\u200f"), 2, "control or bidi characters"),
+    Case("bidi block reason", ("block", LIVE_ID, "--reason", "\u202ex"), 2, "bidi"),
     # NUL bytes (only reachable in-process: argv can't carry them).
     Case("nul branch", ("record", "-e", "staging", "-b", "ma\x00in", "-c", SHA), 2, "NUL"),
     Case("nul note", record("--note", "a\x00b"), 2, "note must not contain NUL"),
@@ -86,7 +93,7 @@ CASES = [
     Case("1 MB branch", ("record", "-e", "qa", "-b", "b" * MEGABYTE, "-c", SHA), 2, "too long"),
     Case("1 MB actor", record("--actor", "a" * MEGABYTE), 2, "actor is too long"),
     Case("1 MB url", record("--run-url", "https://ci/" + "u" * MEGABYTE), 2, "too long"),
-    Case("1 MB id", ("get", "--id", "i" * MEGABYTE), 2, "deployment id must look like"),
+    Case("1 MB id", ("get", "--id", "i" * MEGABYTE), 2, "must be a Docker tag"),
     Case("1 MB environment", ("latest", "-e", "e" * MEGABYTE), 2, "environment must be"),
     # Shas.
     Case("uppercase sha", ("record", "-e", "qa", "-b", "m", "-c", SHA.upper()), 2, "lowercase hex"),
@@ -105,17 +112,20 @@ CASES = [
     Case("list status", ("list", "--status", "bogus"), 2, "Invalid value for '--status'"),
     Case("latest status", ("latest", "-e", "staging", "--status", "ok"), 2, "--status"),
     Case("unknown option", record("--force-push"), 2, "No such option"),
-    # Ids that don't parse.
-    Case("id without parts", ("get", "--id", "main"), 2, "deployment id must look like"),
-    Case("id uppercase sha", ("get", "--id", "main_ABCDEF1_20240101000000"), 2, "deployment id"),
+    # Ids that don't parse, and ids (or starts of ids) that name nothing.
+    Case("id names nothing", ("get", "nope"), 1, "no deployment has an id or commit starting"),
+    Case("id uppercase sha", ("get", "main_ABCDEF1_20240101000000"), 1, "no deployment has an"),
     Case("id month 13", record("--id", "feature_0123456_20241301000000"), 2, "impossible time"),
     Case(
         "id short time",
         ("verify", "--id", "m_0123456_2024", "--status", "failed"),
-        2,
-        "deployment id",
+        1,
+        "no deployment has an id or commit starting with m_0123456_2024",
     ),
-    Case("id leading dot", ("get", "--id", ".m_0123456_20240101000000"), 2, "deployment id"),
+    Case("id leading dot", ("get", "--id", ".m_0123456_20240101000000"), 2, "Docker tag"),
+    Case("record id prefix", record("--id", "main"), 2, "deployment id must look like"),
+    Case("rollback-of prefix", record("--rollback-of", "main"), 2, "deployment id must look"),
+    Case("ambiguous sha", ("get", SHA[:7]), 1, "is ambiguous: it matches"),
     Case(
         "id other sha", record("--id", "feature_abcdef0_20240101000000"), 2, "names commit abcdef0"
     ),
@@ -203,13 +213,16 @@ UNDECODABLE = [
 def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("hostile") / "deployments.db"
     db = dt.connect(str(path), write=True)
-    dt.record_deployment(
-        db, environment="staging", branch="main", commit_sha=SHA, deployment_id=STAGING_ID
+    gates = dt.parse_gates(None)
+    staging = dt.RecordRequest(
+        environment="staging", branch="main", commit_sha=SHA, deployment_id=STAGING_ID
     )
+    dt.record_deployment(db, staging, gates=gates)
     dt.verify_deployment(db, STAGING_ID, "verified", by="qa")
-    dt.record_deployment(
-        db, environment="live", branch="release", commit_sha=SHA, deployment_id=LIVE_ID
+    live = dt.RecordRequest(
+        environment="live", branch="release", commit_sha=SHA, deployment_id=LIVE_ID
     )
+    dt.record_deployment(db, live, gates=gates)
     db.close()
     checkpoint(path)
     return path
@@ -234,7 +247,9 @@ def written(database: Path, github_output: Path) -> Written:
 def test_at_least_thirty_hostile_inputs_cover_every_command() -> None:
     assert len(CASES) + len(UNDECODABLE) >= 30
     commands = {case.args[0] for case in CASES}
-    assert commands >= {"record", "verify", "list", "latest", "get", "rollback-target", "new-id"}
+    assert commands >= {
+        *("record", "verify", "list", "latest", "get", "rollback-target", "new-id", "block")
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
@@ -265,7 +280,7 @@ def test_undecodable_arguments_are_refused_and_write_nothing(
     github_output.write_bytes(b"")
     before = written(database, github_output)
 
-    result = run_cli(
+    result = run_tracker(
         *with_github_output(case.args), db=database, env={"GITHUB_OUTPUT": str(github_output)}
     )
 
@@ -276,7 +291,7 @@ def test_undecodable_arguments_are_refused_and_write_nothing(
 
 def test_undecodable_database_path_is_reported_not_crashed(tmp_path: Path) -> None:
     missing = bytes(tmp_path) + b"/d\xffb.db"
-    result = run_cli("--db", missing, "list")
+    result = run_tracker("--db", missing, "list")
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "no database at")
 
@@ -314,7 +329,7 @@ def test_sql_in_free_text_is_stored_verbatim_and_runs_nothing(
     assert result.exit_code == 0, result.stderr
     shown = json.loads(
         runner.invoke(
-            dt.cli, ["--db", str(path), "get", "--id", result.stdout.strip(), "--format", "json"]
+            dt.cli, ["--db", str(path), "get", result.stdout.strip(), "-o", "json"]
         ).stdout
     )
     assert shown["branch"] == INJECTION_BRANCH
@@ -329,32 +344,6 @@ def test_sql_in_free_text_is_stored_verbatim_and_runs_nothing(
         db.close()
 
 
-def parse_github_output(text: str) -> dict[str, str]:
-    """Read $GITHUB_OUTPUT the way the Actions runner does (key=value and key<<DELIMITER)."""
-    values: dict[str, str] = {}
-    lines = iter(text.split("\n"))
-    for line in lines:
-        if not line:
-            continue
-        equals, heredoc = line.find("="), line.find("<<")
-        if equals >= 0 and (heredoc < 0 or equals < heredoc):
-            name, value = line[:equals], line[equals + 1 :]
-        else:
-            assert heredoc > 0, f"invalid line {line!r}"
-            name, delimiter = line[:heredoc], line[heredoc + 2 :]
-            body = []
-            for body_line in lines:
-                if body_line == delimiter:
-                    break
-                body.append(body_line)
-            else:
-                raise AssertionError(f"no closing delimiter {delimiter!r}")
-            value = "\n".join(body)
-        assert name not in values, f"{name} set twice"
-        values[name] = value
-    return values
-
-
 FORGED_NOTE = (
     "first line\nimage_tag=evil:latest\nid<<EOF\nforged\nEOF\n"
     "status<<ghadelimiter_0000\nverified\nghadelimiter_0000\n\ttabbed\n\nlast line\n"
@@ -367,23 +356,19 @@ def test_newlines_in_a_note_cannot_forge_github_outputs(tmp_path: Path) -> None:
     github_output.write_text("earlier=kept\n")
     env = {"GITHUB_OUTPUT": str(github_output)}
 
-    recorded = run_cli(*record("--note", FORGED_NOTE, "--github-output"), db=path, env=env)
+    recorded = run_tracker(*record("--note", FORGED_NOTE, "--github-output"), db=path, env=env)
     assert recorded.returncode == 0, recorded.stderr
     deployment_id = recorded.stdout.strip()
     outputs = parse_github_output(github_output.read_text())
-    record_json = json.loads(
-        run_cli("get", "--id", deployment_id, "--format", "json", db=path).stdout
-    )
-    expected = {
-        name: dt.shown_value(value) for name, value in record_json.items() if name != "events"
-    }
+    record_json = json.loads(run_tracker("get", deployment_id, "-o", "json", db=path).stdout)
+    expected = {name: output_text(value) for name, value in record_json.items() if name != "events"}
     assert outputs == {"earlier": "kept", **expected}
     assert outputs["note"] == FORGED_NOTE
     assert outputs["image_tag"] == deployment_id
     assert outputs["status"] == "deployed"
 
     github_output.write_text("")
-    verified = run_cli(
+    verified = run_tracker(
         "verify",
         "--id",
         deployment_id,
@@ -406,7 +391,7 @@ def test_new_id_github_output_with_hostile_branch(tmp_path: Path) -> None:
     github_output = tmp_path / "github_output"
     github_output.write_text("")
     branch = "feat/$(id)<<EOF=x"
-    result = run_cli(
+    result = run_tracker(
         "new-id",
         "-b",
         branch,
@@ -419,4 +404,53 @@ def test_new_id_github_output_with_hostile_branch(tmp_path: Path) -> None:
     outputs = parse_github_output(github_output.read_text())
     assert outputs["branch"] == branch
     assert outputs["id"] == result.stdout.strip()
-    assert dt.TAG_PATTERN.fullmatch(outputs["image_tag"])
+    assert dt.check_image_tag(outputs["image_tag"]) == outputs["id"]
+
+
+# --------------------------------------------------------------------------
+# A verification note is evidence: any text is kept, escaped, never refused.
+# --------------------------------------------------------------------------
+
+
+def copy_of(database: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "copy.db"
+    path.write_bytes(database.read_bytes())
+    return path
+
+
+def test_verify_stores_any_note_escaped(database: Path, tmp_path: Path, runner: CliRunner) -> None:
+    path = copy_of(database, tmp_path)
+    note = "exit 1\x1b[31m FAILED\x07\ttab\nnext \u202eevil\u202c \x9b \\x41 ok"
+    result = runner.invoke(
+        dt.cli, ["--db", str(path), "verify", LIVE_ID, "--status", "failed", "--note", note]
+    )
+    assert (result.exit_code, result.stdout, result.stderr) == (0, LIVE_ID + "\n", "")
+    shown = json.loads(
+        runner.invoke(dt.cli, ["--db", str(path), "get", LIVE_ID, "-o", "json"]).stdout
+    )
+    assert shown["status"] == "failed"
+    assert shown["events"][-1]["note"] == (
+        "exit 1\\u001b[31m FAILED\\u0007\ttab\nnext \\u202eevil\\u202c \\u009b \\x41 ok"
+    )
+    assert dt.storable_note(note) == shown["events"][-1]["note"]
+
+
+def test_verify_stores_a_blank_or_too_long_note(database: Path, tmp_path: Path) -> None:
+    assert dt.storable_note("   ") == "(empty)"
+    kept = dt.storable_note("x" * 5000)
+    assert len(kept) == dt.MAX_LENGTHS["note"] and kept == "x" * 3999 + "\u2026"
+    path = copy_of(database, tmp_path)
+    result = run_tracker("verify", LIVE_ID, "--status", "verified", "--note", "y" * 5000, db=path)
+    assert result.returncode == 0, result.stderr
+    events = json.loads(run_tracker("get", LIVE_ID, "-o", "json", db=path).stdout)["events"]
+    assert events[-1]["note"] == "y" * 3999 + "\u2026"
+
+
+def test_verify_stores_undecodable_bytes_escaped(database: Path, tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 reach a real process only; they are kept as \\xNN."""
+    path = copy_of(database, tmp_path)
+    note = b"curl: \xff\xfe binary \xc3\x28 answer"
+    result = run_tracker("verify", LIVE_ID, "--status", "failed", "--note", note, db=path)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    events = json.loads(run_tracker("get", LIVE_ID, "-o", "json", db=path).stdout)["events"]
+    assert events[-1]["note"] == "curl: \\xff\\xfe binary \\xc3( answer"

@@ -9,12 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
-from reliability_support import (
-    WORKER,
-    check_history_consistent,
-    integrity,
-    run_cli,
-)
+from helpers import WORKER, check_history_consistent, integrity, run_tracker
 
 import deployment_tracker as dt
 
@@ -49,9 +44,10 @@ def release(workers: list[subprocess.Popen[str]]) -> None:
 def seed(db_path: Path) -> None:
     db = dt.connect(str(db_path), write=True)
     for environment in ("staging", "live"):
-        dt.record_deployment(
-            db, environment=environment, branch=f"seed-{environment}", commit_sha="e" * 40
+        request = dt.RecordRequest(
+            environment=environment, branch=f"seed-{environment}", commit_sha="e" * 40
         )
+        dt.record_deployment(db, request, gates=dt.parse_gates(None))
     db.close()
 
 
@@ -97,11 +93,11 @@ def test_real_record_commands_in_parallel_with_list_and_latest(tmp_path: Path) -
             ["record", "-e", "staging", "-b", f"cli/{number}", "-c", "f" * 40, "--actor", "ci"]
         )
         if number % 4 == 0:
-            jobs.append(["list", "-e", "staging", "--format", "json"])
+            jobs.append(["list", "-e", "staging", "-o", "json"])
         elif number % 4 == 2:
             jobs.append(["latest", "-e", "staging", "--status", "any", "--field", "id"])
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda args: run_cli(*args, db=db_path), jobs))
+        results = list(pool.map(lambda args: run_tracker(*args, db=db_path), jobs))
 
     for args, result in zip(jobs, results):
         assert result.returncode == 0, (args, result.stderr)

@@ -1,6 +1,6 @@
 """`stats`: DORA figures over a known history, through the data layer and the CLI.
 
-The history (tests/insight_helpers.py) is built at explicit times; every figure
+The history (build_known_history in tests/helpers.py) is built at explicit times; every figure
 below is worked out by hand from it.
 """
 
@@ -10,10 +10,11 @@ import json
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from insight_helpers import NOW, SINCE, at, build_known_history, check, deploy
+from helpers import NOW, SINCE, at, build_known_history, check, deploy
 
 import deployment_tracker as dt
 
@@ -77,10 +78,12 @@ def known(db_path: Path) -> dict[str, str]:
     return build_known_history(db_path)
 
 
-def stats(db_path: Path, **options: object) -> list[dt.Record]:
+def stats(
+    db_path: Path, *, since: datetime, now: datetime, environment: str | None = None
+) -> list[dict[str, Any]]:
     db = dt.connect(str(db_path), write=False)
     try:
-        return dt.deployment_stats(db, **options)  # type: ignore[arg-type]
+        return dt.deployment_stats(db, since=since, now=now, environment=environment)
     finally:
         db.close()
 
@@ -165,9 +168,40 @@ def test_since_spans_and_dates() -> None:
             dt.parse_since(bad, now)
 
 
-def test_durations_for_people() -> None:
-    shown = [dt.format_duration(seconds) for seconds in (None, 0, 45, 1800, 1805, 7800, 90000)]
-    assert shown == ["-", "0s", "45s", "30m", "30m 5s", "2h 10m", "1d 1h"]
+def test_durations_for_people(db_path: Path, cli: Callable[..., Result]) -> None:
+    """The table's durations: a failure per environment, restored after a known time."""
+    db = dt.connect(str(db_path), write=True)
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=3)
+    restores = {"e0": 0, "e1": 45, "e2": 1800, "e3": 1805, "e4": 7800, "e5": 90000}
+    for environment, seconds in restores.items():
+        failed = deploy(db, environment, start, branch=environment, sha="1" * 40)
+        check(db, failed, "failed", start + timedelta(seconds=1))
+        fix = deploy(
+            db, environment, start + timedelta(seconds=2), branch=environment, sha="2" * 40
+        )
+        check(db, fix, "verified", start + timedelta(seconds=seconds))
+    deploy(db, "e6", start, sha="3" * 40)  # nothing failed: nothing to measure
+    db.close()
+    result = cli("stats", "--since", "4d", "-o", "tsv")
+    assert result.exit_code == 0, result.output
+    figures = {row.split("\t")[0]: row.split("\t") for row in result.stdout.splitlines()}
+    worst = dt.STATS_FIELDS.index("time_to_restore_worst_seconds")
+    assert [figures[name][worst] for name in (*restores, "e6")] == [
+        *map(str, restores.values()),
+        "",
+    ]
+    table = cli("stats", "--since", "4d", "-o", "plain").stdout.splitlines()
+    (row,) = [line for line in table if line.startswith("time to restore, worst")]
+    shown = row.removeprefix("time to restore, worst").split("  ")
+    assert [cell.strip() for cell in shown if cell.strip()] == [
+        "0s",
+        "45s",
+        "30m",
+        "30m 5s",
+        "2h 10m",
+        "1d 1h",
+        "-",
+    ]
 
 
 # CLI: the figures that do not depend on the window's length, since `stats` ends it now.
@@ -176,8 +210,10 @@ def test_durations_for_people() -> None:
 def test_cli_json(known: dict[str, str], cli_json: Callable[..., object]) -> None:
     figures = cli_json("stats", "--since", "2026-04-01")
     assert isinstance(figures, list)
-    independent = ("deployments", "rollbacks", "change_failure_rate", "unrestored")
-    independent += ("time_to_restore_median_seconds", "lead_time_median_seconds")
+    independent = (
+        *("deployments", "rollbacks", "change_failure_rate", "unrestored"),
+        *("time_to_restore_median_seconds", "lead_time_median_seconds"),
+    )
     assert [{key: figure[key] for key in independent} for figure in figures] == [
         {key: expected[key] for key in independent} for expected in (PRODUCTION, STAGING)
     ]
@@ -224,7 +260,7 @@ def test_cli_empty(db_path: Path, cli: Callable[..., Result]) -> None:
         (("--since", "0h"), "longer than zero"),
         (("--since", "2999-01-01"), "since must be before now"),
         (("--environment", "Prod!"), "environment must be lowercase"),
-        (("--format", "yaml"), "Invalid value for '--format'"),
+        (("--format", "yaml"), "Invalid value for '-o' / '--output' / '--format'"),
     ],
 )
 def test_cli_bad_input(

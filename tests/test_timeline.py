@@ -18,7 +18,7 @@ from xml.etree import ElementTree
 
 import pytest
 from click.testing import Result
-from insight_helpers import NOW, SINCE, at, build_known_history, build_sample_history, deploy
+from helpers import NOW, SINCE, at, build_known_history, build_sample_history, deploy, run_tracker
 
 import deployment_tracker as dt
 
@@ -42,6 +42,7 @@ flowchart LR
   classDef deployed fill:#d4a72c,stroke:#9a6700,color:#1f2328
   classDef rolled_back fill:#8c959f,stroke:#57606a,color:#ffffff
   classDef earlier fill:#ffffff,stroke:#8c959f,stroke-dasharray:4 3,color:#57606a
+  classDef unknown fill:#ffffff,stroke:#cf222e,color:#1f2328
   subgraph lane1["production"]
     direction LR
     lane1_1["main<br/>1111111 2026-04-02 00:00<br/>verified"]:::verified
@@ -82,22 +83,32 @@ def reader(db_path: Path) -> Iterator[sqlite3.Connection]:
     db.close()
 
 
-def timeline(
-    db: sqlite3.Connection,
-    output_format: str,
-    *,
-    since: datetime = SINCE,
-    now: datetime = NOW,
-    environment: str | None = None,
-) -> str:
-    return dt.timeline_text(db, output_format, since=since, environment=environment, now=now)
+Draw = Callable[..., str]
+
+
+@pytest.fixture
+def timeline(cli: Callable[..., Result]) -> Draw:
+    """What `timeline` prints for the window from `since` to now (the histories are older)."""
+
+    def draw(output_format: str, *, since: datetime = SINCE, environment: str | None = None) -> str:
+        args = ["timeline", "--since", since.isoformat(), "-o", output_format]
+        result = cli(*args, *(["-e", environment] if environment else []))
+        assert result.exit_code == 0, result.output
+        assert result.stderr == ""
+        return result.stdout
+
+    return draw
 
 
 # Mermaid
 
 
-def test_mermaid_for_the_known_history(known: dict[str, str], reader: sqlite3.Connection) -> None:
-    assert timeline(reader, "mermaid") == KNOWN_MERMAID
+def test_mermaid_for_the_known_history_from_a_real_process(
+    known: dict[str, str], db_path: Path
+) -> None:
+    drawn = run_tracker("timeline", "--since", "2026-04-01", "-o", "mermaid", db=db_path)
+    assert (drawn.returncode, drawn.stderr) == (0, "")
+    assert drawn.stdout == KNOWN_MERMAID
 
 
 def test_cli_prints_the_same_mermaid(known: dict[str, str], cli: Callable[..., Result]) -> None:
@@ -107,11 +118,11 @@ def test_cli_prints_the_same_mermaid(known: dict[str, str], cli: Callable[..., R
 
 
 def test_mermaid_rollback_to_a_deployment_before_the_window(
-    known: dict[str, str], reader: sqlite3.Connection
+    timeline: Draw, known: dict[str, str], reader: sqlite3.Connection
 ) -> None:
     # From 04-03 00:10, p1 (which p3 restored) is outside: it is drawn as an
     # "earlier" node, kept in place by an invisible link.
-    text = timeline(reader, "mermaid", since=at("04-03 00:10"), environment="production")
+    text = timeline("mermaid", since=at("04-03 00:10"), environment="production")
     lines = text.splitlines()
     assert '    lane1_earlier1["main<br/>1111111 2026-04-02 00:00<br/>verified"]:::earlier' in lines
     assert "    lane1_earlier1 ~~~ lane1_1" in lines
@@ -120,11 +131,13 @@ def test_mermaid_rollback_to_a_deployment_before_the_window(
     assert lines[-1] == "  linkStyle 5,6 stroke:#8250df,stroke-width:2px,color:#8250df"
 
 
-def test_mermaid_shows_the_newest_per_environment(reader: sqlite3.Connection) -> None:
+def test_mermaid_shows_the_newest_per_environment(
+    timeline: Draw, reader: sqlite3.Connection
+) -> None:
     start = at("04-01 00:00")
     for number in range(dt.MERMAID_MAX_PER_ENVIRONMENT + 5):
         deploy(reader, "qa", start + timedelta(hours=number), sha=f"{number:07x}" + "a" * 33)
-    text = timeline(reader, "mermaid")
+    text = timeline("mermaid")
     assert '    lane1_more["5 earlier"]:::earlier' in text
     assert "    lane1_more --> lane1_1" in text
     assert f"lane1_{dt.MERMAID_MAX_PER_ENVIRONMENT}[" in text
@@ -132,19 +145,19 @@ def test_mermaid_shows_the_newest_per_environment(reader: sqlite3.Connection) ->
     assert "0000018 2026-04-02 00:00" in text  # the newest
 
 
-def test_mermaid_empty(db_path: Path, reader: sqlite3.Connection) -> None:
-    assert timeline(reader, "mermaid").endswith('  none["no deployments"]:::earlier\n')
-    text = timeline(reader, "mermaid", environment="qa")
+def test_mermaid_empty(timeline: Draw, db_path: Path, reader: sqlite3.Connection) -> None:
+    assert timeline("mermaid").endswith('  none["no deployments"]:::earlier\n')
+    text = timeline("mermaid", environment="qa")
     assert '    lane1_none["no deployments"]:::earlier' in text.splitlines()
 
 
 NODE = re.compile(r'    lane1_\d+(\["|\(\[")(?P<label>[^"]*)("\]|"\]\)):::\w+')
 
 
-def test_mermaid_escapes_hostile_branch_names(reader: sqlite3.Connection) -> None:
+def test_mermaid_escapes_hostile_branch_names(timeline: Draw, reader: sqlite3.Connection) -> None:
     for number, branch in enumerate(HOSTILE_BRANCHES):
         deploy(reader, "end", at("04-02 00:00") + timedelta(minutes=number), branch=branch)
-    text = timeline(reader, "mermaid")
+    text = timeline("mermaid")
     node_lines = [
         line for line in text.splitlines() if line.startswith("    lane1_") and "[" in line
     ]
@@ -213,9 +226,9 @@ def parse_page(page: str) -> PageParser:
 
 
 def test_html_has_one_mark_per_deployment_with_its_status(
-    known: dict[str, str], reader: sqlite3.Connection
+    timeline: Draw, known: dict[str, str], reader: sqlite3.Connection
 ) -> None:
-    page = timeline(reader, "html")
+    page = timeline("html")
     parsed = parse_page(page)
     in_window = [
         dt.get_deployment(reader, deployment_id)
@@ -231,7 +244,7 @@ def test_html_has_one_mark_per_deployment_with_its_status(
         title = mark["title"]
         assert f"branch {record['branch']}, commit {record['commit_sha'][:12]}" in title
         assert f"by {record['actor']}" in title
-        assert dt.short_time(record["deployed_at"]) in title
+        assert f"deployed {record['deployed_at'][:16].replace('T', ' ')} by" in title
     # The colours come from one rule per status.
     for status, (fill, stroke) in dt.STATUS_COLOURS.items():
         assert f".{status}{{fill:{fill};stroke:{stroke}}}" in parsed.styles
@@ -243,8 +256,10 @@ def test_html_has_one_mark_per_deployment_with_its_status(
     assert "<td>60% (3/5)</td>" in page
 
 
-def test_html_is_self_contained(known: dict[str, str], reader: sqlite3.Connection) -> None:
-    page = timeline(reader, "html")
+def test_html_is_self_contained(
+    timeline: Draw, known: dict[str, str], reader: sqlite3.Connection
+) -> None:
+    page = timeline("html")
     parsed = parse_page(page)
     assert "script" not in parsed.tags
     assert not {"img", "link", "iframe", "object", "embed"} & set(parsed.tags)
@@ -254,10 +269,10 @@ def test_html_is_self_contained(known: dict[str, str], reader: sqlite3.Connectio
     assert "default-src 'none'" in page
 
 
-def test_html_escapes_hostile_branch_names(reader: sqlite3.Connection) -> None:
+def test_html_escapes_hostile_branch_names(timeline: Draw, reader: sqlite3.Connection) -> None:
     for number, branch in enumerate(HOSTILE_BRANCHES):
         deploy(reader, "qa", at("04-02 00:00") + timedelta(minutes=number), branch=branch)
-    page = timeline(reader, "html")
+    page = timeline("html")
     parsed = parse_page(page)
     assert "script" not in parsed.tags
     assert "img" not in parsed.tags
@@ -268,22 +283,22 @@ def test_html_escapes_hostile_branch_names(reader: sqlite3.Connection) -> None:
 
 
 def test_html_rollback_to_a_deployment_before_the_window(
-    known: dict[str, str], reader: sqlite3.Connection
+    timeline: Draw, known: dict[str, str], reader: sqlite3.Connection
 ) -> None:
-    page = timeline(reader, "html", since=at("04-03 00:10"), environment="production")
+    page = timeline("html", since=at("04-03 00:10"), environment="production")
     assert page.count('<path class="restore earlier"') == 1
     assert f"{known['p3']} restored {known['p1']}, deployed 2026-04-02 00:00</title>" in page
     assert len(parse_page(page).marks) == 5
 
 
-def test_html_empty(db_path: Path, reader: sqlite3.Connection) -> None:
-    page = timeline(reader, "html")
+def test_html_empty(timeline: Draw, db_path: Path, reader: sqlite3.Connection) -> None:
+    page = timeline("html")
     parsed = parse_page(page)
     assert parsed.marks == []
     assert "No deployments recorded." in page
 
 
-def test_html_for_5000_deployments_stays_small(reader: sqlite3.Connection) -> None:
+def test_html_for_5000_deployments_stays_small(timeline: Draw, reader: sqlite3.Connection) -> None:
     reader.execute("PRAGMA synchronous = OFF")  # only to build the history fast
     start = NOW - timedelta(days=60)
     branches = ("main", "feature/JIRA-1234-new-login-form", "fix/cache-headers-on-cdn")
@@ -306,7 +321,7 @@ def test_html_for_5000_deployments_stays_small(reader: sqlite3.Connection) -> No
             by="smoke",
             now=start + timedelta(minutes=17 * number + 5),
         )
-    page = timeline(reader, "html", since=start - timedelta(days=1))
+    page = timeline("html", since=start - timedelta(days=1))
     assert len(page.encode("utf-8")) < 500_000
     parsed = parse_page(page)
     assert len(parsed.marks) == dt.HTML_MAX_DEPLOYMENTS
@@ -329,7 +344,7 @@ def test_cli_html_and_markdown(known: dict[str, str], cli: Callable[..., Result]
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (("--format", "svg"), "Invalid value for '--format'"),
+        (("--format", "svg"), "Invalid value for '-o' / '--output' / '--format'"),
         (("--since", "last week"), "since must be a span"),
         (("--environment", "../etc"), "environment must be lowercase"),
     ],
@@ -435,13 +450,11 @@ def test_chromium_draws_the_page(tmp_path: Path) -> None:
     if browser is None:
         pytest.skip("Chromium is not installed (apt-get install chromium to run this check)")
     db_path = tmp_path / "sample.db"
-    now = datetime(2026, 4, 28, 12, 0, tzinfo=timezone.utc)
-    build_sample_history(db_path, now)
-    db = dt.connect(str(db_path), write=False)
-    page = dt.timeline_text(db, "html", since=now - timedelta(days=28), environment=None, now=now)
-    db.close()
+    build_sample_history(db_path, datetime.now(timezone.utc).replace(microsecond=0))
+    drawn = run_tracker("timeline", "--since", "28d", "-o", "html", db=db_path)
+    assert drawn.returncode == 0, drawn.stderr
     page_path = tmp_path / "timeline.html"
-    page_path.write_text(page, encoding="utf-8")
+    page_path.write_text(drawn.stdout, encoding="utf-8")
     picture = tmp_path / "timeline.png"
     screenshot(browser, page_path, picture, "1290,740", tmp_path / "profile")
     width, height, rows = read_png(picture.read_bytes())
