@@ -809,7 +809,10 @@ def test_production_from_an_unverified_commit_stops_in_prepare(world: World) -> 
     )
     assert world.calls_of("kubectl") == [] and world.calls_of("docker") == []
     assert history_commits(world.remote) == before
-    assert "Deploy" not in "\n".join(summary_lines(result))
+    summary = "\n".join(summary_lines(result))
+    assert "Deployment plan: refused" in summary
+    assert f"branch feature\\/untested at commit\n`{unverified}`" in summary
+    assert "Deploy:" not in summary
 
 
 def test_production_with_the_gate_off_builds_and_deploys_the_commit(world: World) -> None:
