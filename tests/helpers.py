@@ -46,6 +46,9 @@ CALLER_VARIABLES = (
     dt.GATES_ENV_VAR,
     "GITHUB_ACTIONS",
     "GITHUB_OUTPUT",
+    "_DEPLOYMENT_TRACKER_COMPLETE",
+    "COMP_WORDS",
+    "COMP_CWORD",
 )
 
 Arg = Union[str, bytes]
@@ -82,12 +85,14 @@ def run_tracker(
     env: Optional[dict[str, str]] = None,
     preexec_fn: Optional[Callable[[], None]] = None,
     timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
+    text: bool = True,
+) -> subprocess.CompletedProcess[Any]:
     """Run the installed `deployment-tracker` console script in a new process.
 
     The caller's tracker and GitHub Actions variables are removed; `env` adds to what is
     left. With `unprivileged`, file permissions apply even when the tests run as root.
-    Output is decoded leniently: undecodable bytes show as U+FFFD.
+    Output is decoded leniently (undecodable bytes show as U+FFFD), or left as bytes
+    with `text=False`.
     """
     assert TRACKER_SCRIPT.exists(), f"{TRACKER_SCRIPT} is missing: pip install -e '.[test]'"
     full: list[Arg] = [*(["--db", str(db)] if db is not None else []), *args]
@@ -107,6 +112,8 @@ def run_tracker(
         timeout=timeout,
         check=False,
     )
+    if not text:
+        return result
     return subprocess.CompletedProcess(
         result.args,
         result.returncode,
@@ -115,15 +122,32 @@ def run_tracker(
     )
 
 
+def process_env(**extra: str) -> dict[str, str]:
+    """The test's environment without the caller's tracker or Actions settings, plus `extra`."""
+    env = {key: value for key, value in os.environ.items() if key not in CALLER_VARIABLES}
+    env.update(extra)
+    return env
+
+
+def record(cli: Callable[..., Result], environment: str, branch: str, sha: str, *extra: str) -> str:
+    """Record a deployment through the CLI and return its id."""
+    return ok(cli("record", "-e", environment, "-b", branch, "-c", sha, *extra))
+
+
+def sha(digit: str, index: int = 0) -> str:
+    """A full commit sha: `digit` seven times, then `index` in hex."""
+    return (digit * 7 + f"{index:033x}")[:40]
+
+
 # ==========================================================================
 # Reading results
 # ==========================================================================
 
 
-def ok(result: Result) -> str:
-    """The stripped stdout of a CliRunner result that must have succeeded."""
+def ok(result: Result, *, strip: bool = True) -> str:
+    """The stdout (stripped, unless told) of a CliRunner result that must have succeeded."""
     assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
-    return result.stdout.strip()
+    return result.stdout.strip() if strip else result.stdout
 
 
 def assert_one_line_error(stderr: str, *fragments: str) -> None:

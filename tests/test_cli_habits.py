@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from tracker_process import SCRIPT, ok, process_env, record, run, sha
+from helpers import TRACKER_SCRIPT, ok, process_env, record, run_tracker, sha
 
 import deployment_tracker as dt
 
@@ -44,14 +44,14 @@ def history(cli: Callable[..., Result]) -> dict[str, str]:
         "main": record(cli, "staging", "main", sha("a", 1)),
         "login": record(cli, "staging", "feature/login", sha("b", 1)),
     }
-    ok(cli("verify", ids["main"], "--status", "verified"))
-    ok(cli("verify", ids["login"], "--status", "verified"))
+    ok(cli("verify", ids["main"], "--status", "verified"), strip=False)
+    ok(cli("verify", ids["login"], "--status", "verified"), strip=False)
     ids["typo"] = record(cli, "staging", "fix/typo", sha("c", 1))
     return ids
 
 
 def only_id(result: Result) -> str:
-    return ok(result).strip()
+    return ok(result, strip=False).strip()
 
 
 # Each command that names a deployment, with what it needs besides the id.
@@ -109,7 +109,7 @@ def test_any_unique_start_of_an_id_names_it(
     for length in (2, 3, 8, len("feature-login_bbbbbbb"), len(login) - 1):
         assert only_id(cli("get", login[:length], "--field", "id")) == login
     assert only_id(cli("verify", "fix", "--status", "failed")) == history["typo"]
-    assert ok(cli("get", history["typo"], "--field", "status")) == "failed\n"
+    assert ok(cli("get", history["typo"], "--field", "status"), strip=False) == "failed\n"
 
 
 def test_a_commits_short_sha_names_its_deployment_in_an_environment(
@@ -117,7 +117,7 @@ def test_a_commits_short_sha_names_its_deployment_in_an_environment(
 ) -> None:
     commit = sha("d", 7)
     in_staging = record(cli, "staging", "main", commit)
-    ok(cli("verify", in_staging, "--status", "verified"))
+    ok(cli("verify", in_staging, "--status", "verified"), strip=False)
     in_production = record(cli, "production", "release", commit, "--gates", "none")
     short = commit[:7]
     assert only_id(cli("get", short, "-e", "production", "--field", "id")) == in_production
@@ -174,41 +174,44 @@ def test_output_format_has_three_spellings(
 ) -> None:
     for command in (["list"], ["get", history["main"]], ["latest", "-e", "staging"]):
         parsed = [
-            json.loads(ok(cli(*command, flag, "json"))) for flag in ("-o", "--output", "--format")
+            json.loads(ok(cli(*command, flag, "json"), strip=False))
+            for flag in ("-o", "--output", "--format")
         ]
         assert parsed[0] == parsed[1] == parsed[2]
-    listed = json.loads(ok(cli("list", "-o", "json")))
+    listed = json.loads(ok(cli("list", "-o", "json"), strip=False))
     assert [row["id"] for row in listed] == [history["typo"], history["login"], history["main"]]
     assert set(listed[0]) == set(dt.FIELDS)
-    shown = json.loads(ok(cli("get", history["main"], "-o", "json")))
+    shown = json.loads(ok(cli("get", history["main"], "-o", "json"), strip=False))
     assert [event["status"] for event in shown["events"]] == ["deployed", "verified"]
 
 
 def test_json_with_fields_like_gh(cli: Callable[..., Result], history: dict[str, str]) -> None:
-    listed = json.loads(ok(cli("list", "--json", "id,status")))
+    listed = json.loads(ok(cli("list", "--json", "id,status"), strip=False))
     assert listed == [
         {"id": history["typo"], "status": "deployed"},
         {"id": history["login"], "status": "verified"},
         {"id": history["main"], "status": "verified"},
     ]
     assert all(list(row) == ["id", "status"] for row in listed)
-    one = json.loads(ok(cli("get", history["login"], "--json", "status,id")))
+    one = json.loads(ok(cli("get", history["login"], "--json", "status,id"), strip=False))
     assert one == {"status": "verified", "id": history["login"]}
     assert list(one) == ["status", "id"]
-    latest = json.loads(ok(cli("latest", "-e", "staging", "--json", "branch")))
+    latest = json.loads(ok(cli("latest", "-e", "staging", "--json", "branch"), strip=False))
     assert latest == {"branch": "feature/login"}
 
 
 def test_field_gives_bare_tab_separated_values(
     cli: Callable[..., Result], history: dict[str, str]
 ) -> None:
-    assert ok(cli("list", "--field", "id,status")) == (
+    assert ok(cli("list", "--field", "id,status"), strip=False) == (
         f"{history['typo']}\tdeployed\n{history['login']}\tverified\n{history['main']}\tverified\n"
     )
-    assert ok(cli("get", history["login"], "--field", "branch,commit_sha,verified_by")) == (
-        f"feature/login\t{sha('b', 1)}\t\n"
+    assert ok(
+        cli("get", history["login"], "--field", "branch,commit_sha,verified_by"), strip=False
+    ) == (f"feature/login\t{sha('b', 1)}\t\n")
+    assert (
+        ok(cli("latest", "-e", "staging", "--field", "id"), strip=False) == history["login"] + "\n"
     )
-    assert ok(cli("latest", "-e", "staging", "--field", "id")) == history["login"] + "\n"
 
 
 @pytest.mark.parametrize("option", ["--field", "--json"])
@@ -240,18 +243,20 @@ def test_no_headers_for_table_tsv_and_csv(
     cli: Callable[..., Result], history: dict[str, str]
 ) -> None:
     newest_first = [history["typo"], history["login"], history["main"]]
-    table = ok(cli("list", "--no-headers")).splitlines()
+    table = ok(cli("list", "--no-headers"), strip=False).splitlines()
     rows = [line for line in table if not set(line) <= {"-", " "}]
     assert [row.split()[0] for row in rows] == newest_first
     assert not any("environment" in line for line in table)
-    with_headers = ok(cli("list")).splitlines()
+    with_headers = ok(cli("list"), strip=False).splitlines()
     assert with_headers[0].split()[:2] == ["id", "environment"]
     for fmt in ("tsv", "csv"):
-        text = ok(cli("list", "-o", fmt, "--no-headers"))
+        text = ok(cli("list", "-o", fmt, "--no-headers"), strip=False)
         delimiter = "\t" if fmt == "tsv" else ","
         parsed = list(csv.reader(io.StringIO(text), delimiter=delimiter))
         assert [row[0] for row in parsed] == newest_first
-        headed = list(csv.reader(io.StringIO(ok(cli("list", "-o", fmt))), delimiter=delimiter))
+        headed = list(
+            csv.reader(io.StringIO(ok(cli("list", "-o", fmt), strip=False)), delimiter=delimiter)
+        )
         assert headed[0] == list(dt.FIELDS)
         assert headed[1:] == parsed
 
@@ -266,7 +271,7 @@ def run_with_stderr_on_a_terminal(*args: str, env: dict[str, str]) -> tuple[int,
     leader, follower = os.openpty()
     try:
         completed = subprocess.run(
-            [SCRIPT, *args],
+            [str(TRACKER_SCRIPT), *args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -325,8 +330,8 @@ def test_list_tells_nothing_when_stderr_is_not_a_terminal(
 ) -> None:
     result = cli("list")
     assert result.exit_code == 0 and result.stderr == ""
-    assert len(ok(cli("list", "--field", "id")).splitlines()) == 20
-    completed = run("--db", str(many), "list")
+    assert len(ok(cli("list", "--field", "id"), strip=False).splitlines()) == 20
+    completed = run_tracker("--db", str(many), "list", text=False)
     assert completed.returncode == 0
     assert completed.stderr == b""
 
@@ -337,7 +342,7 @@ def test_list_tells_nothing_when_stderr_is_not_a_terminal(
 def test_tsv_cells_are_exact_and_escaped(cli: Callable[..., Result], db_path: Path) -> None:
     tricky = record(cli, "staging", "main", sha("a", 3), "--note", "a\tb\nc\\d")
     plain = record(cli, "production", "feature/login", sha("b", 3), "--gates", "none")
-    text = ok(cli("list", "-o", "tsv"))
+    text = ok(cli("list", "-o", "tsv"), strip=False)
     rows = text.split("\n")
     assert rows[-1] == ""
     rows = rows[:-1]
@@ -361,11 +366,11 @@ def test_tsv_cells_are_exact_and_escaped(cli: Callable[..., Result], db_path: Pa
     # A carriage return (which `record` refuses, but a pushed file may hold) too.
     with closing(sqlite3.connect(db_path, isolation_level=None)) as db:
         db.execute("UPDATE deployments SET actor = 'x\ry' WHERE id = ?", (plain,))
-    row = ok(cli("list", "-o", "tsv", "--no-headers")).split("\n")[0]
+    row = ok(cli("list", "-o", "tsv", "--no-headers"), strip=False).split("\n")[0]
     assert row.count("\t") == len(dt.FIELDS) - 1
     assert row.split("\t")[dt.FIELDS.index("actor")] == "x\\ry"
     # --field is the same escaping, on fewer columns.
-    assert ok(cli("get", tricky, "--field", "note,environment,verified_by")) == (
+    assert ok(cli("get", tricky, "--field", "note,environment,verified_by"), strip=False) == (
         "a\\tb\\nc\\\\d\tstaging\t\n"
     )
 
@@ -400,8 +405,8 @@ def table_rows(text: str) -> dict[str, list[str]]:
 
 def test_default_table_fits_100_columns(cli: Callable[..., Result], db_path: Path) -> None:
     ids = typical_history(db_path)
-    ok(cli("block", ids["old"], "--reason", "leaks memory"))
-    text = ok(cli("list"))
+    ok(cli("block", ids["old"], "--reason", "leaks memory"), strip=False)
+    text = ok(cli("list"), strip=False)
     lines = text.splitlines()
     assert lines[0].split() == list(dt.TABLE_COLUMNS)
     assert list(dt.TABLE_COLUMNS) == [
@@ -432,27 +437,28 @@ def test_default_table_fits_100_columns(cli: Callable[..., Result], db_path: Pat
 
 def test_age_column_of_a_fresh_record(cli: Callable[..., Result]) -> None:
     deployment_id = record(cli, "staging", "main", sha("a", 4))
-    row = table_rows(ok(cli("list")))[deployment_id]
+    row = table_rows(ok(cli("list"), strip=False))[deployment_id]
     assert re.fullmatch(r"\d{1,2}s", row[4]) and row[5] == "ago", row
     assert row[1:4] == ["staging", "aaaaaaa", "deployed"]
 
 
 def test_marks_and_the_image_column(cli: Callable[..., Result]) -> None:
     first = record(cli, "staging", "main", sha("a", 5))
-    ok(cli("verify", first, "--status", "verified"))
+    ok(cli("verify", first, "--status", "verified"), strip=False)
     second = record(cli, "staging", "feature/login", sha("b", 5))
-    plain = ok(cli("list")).splitlines()
+    plain = ok(cli("list"), strip=False).splitlines()
     assert "image" not in plain[0].split()  # every image is its id
     # Other branch names: a second record of main's commit in the same second would get its id.
     rollback = record(cli, "staging", "rollback/main", sha("a", 5), "--rollback-of", first)
     promoted = only_id(cli("promote", first, "--field", "id"))
     assert promoted == first
     in_production = ok(
-        cli("record", "-e", "production", "-b", "release/main", "--promoted-from", first)
+        cli("record", "-e", "production", "-b", "release/main", "--promoted-from", first),
+        strip=False,
     ).strip()
     bypass = record(cli, "production", "hotfix/now", sha("d", 5))
-    ok(cli("block", second, "--reason", "bad"))
-    text = ok(cli("list"))
+    ok(cli("block", second, "--reason", "bad"), strip=False)
+    text = ok(cli("list"), strip=False)
     header = text.splitlines()[0].split()
     assert header == [
         "id",
@@ -473,10 +479,10 @@ def test_marks_and_the_image_column(cli: Callable[..., Result]) -> None:
 
 
 def test_wide_shows_every_field(cli: Callable[..., Result], history: dict[str, str]) -> None:
-    text = ok(cli("list", "--wide"))
+    text = ok(cli("list", "--wide"), strip=False)
     assert text.splitlines()[0].split() == list(dt.FIELDS)
     assert sha("a", 1) in text  # the full commit, not the short one
-    assert ok(cli("list")).count(sha("a", 1)) == 0
+    assert ok(cli("list"), strip=False).count(sha("a", 1)) == 0
 
 
 # -- shell completion --------------------------------------------------------------------
@@ -492,7 +498,7 @@ def complete(
         env["COMP_CWORD"] = str(cword if cword is not None else "")
     else:
         env["COMP_CWORD"] = str(cword if cword is not None else len(words.split(" ")) - 1)
-    return run(env=env)
+    return run_tracker(env=env, text=False)
 
 
 def candidates(shell: str, completed: subprocess.CompletedProcess[bytes]) -> list[str]:
@@ -585,12 +591,16 @@ def test_completion_without_a_readable_database_completes_nothing(
 
 def test_completion_script_is_printed() -> None:
     for shell in ("bash", "zsh", "fish"):
-        completed = run(env=process_env(_DEPLOYMENT_TRACKER_COMPLETE=f"{shell}_source"))
+        completed = run_tracker(
+            env=process_env(_DEPLOYMENT_TRACKER_COMPLETE=f"{shell}_source"), text=False
+        )
         assert completed.returncode == 0
         script = completed.stdout.decode()
         assert f"_DEPLOYMENT_TRACKER_COMPLETE={shell}_complete" in script
         assert "deployment-tracker" in script
-    bash = run(env=process_env(_DEPLOYMENT_TRACKER_COMPLETE="bash_source")).stdout.decode()
+    bash = run_tracker(
+        env=process_env(_DEPLOYMENT_TRACKER_COMPLETE="bash_source"), text=False
+    ).stdout.decode()
     assert "complete -o nosort -F _deployment_tracker_completion deployment-tracker" in bash
 
 
@@ -601,7 +611,9 @@ def test_environment_variable_is_the_default_environment(
     cli: Callable[..., Result], db_path: Path
 ) -> None:
     staging = {"DEPLOYMENT_TRACKER_ENVIRONMENT": "staging"}
-    in_staging = ok(cli("record", "-b", "main", "-c", sha("a", 6), env=staging)).strip()
+    in_staging = ok(
+        cli("record", "-b", "main", "-c", sha("a", 6), env=staging), strip=False
+    ).strip()
     in_production = ok(
         cli(
             "record",
@@ -614,14 +626,18 @@ def test_environment_variable_is_the_default_environment(
             "--gates",
             "none",
             env=staging,
-        )
+        ),
+        strip=False,
     ).strip()
-    assert ok(cli("get", in_staging, "--field", "environment")) == "staging\n"
-    assert ok(cli("get", in_production, "--field", "environment")) == "production\n"
-    assert ok(cli("list", "--field", "id", env=staging)) == in_staging + "\n"
-    assert ok(cli("list", "-e", "production", "--field", "id", env=staging)) == in_production + "\n"
-    ok(cli("verify", in_staging, "--status", "verified"))
-    assert ok(cli("latest", "--field", "id", env=staging)) == in_staging + "\n"
+    assert ok(cli("get", in_staging, "--field", "environment"), strip=False) == "staging\n"
+    assert ok(cli("get", in_production, "--field", "environment"), strip=False) == "production\n"
+    assert ok(cli("list", "--field", "id", env=staging), strip=False) == in_staging + "\n"
+    assert (
+        ok(cli("list", "-e", "production", "--field", "id", env=staging), strip=False)
+        == in_production + "\n"
+    )
+    ok(cli("verify", in_staging, "--status", "verified"), strip=False)
+    assert ok(cli("latest", "--field", "id", env=staging), strip=False) == in_staging + "\n"
     assert (
         ok(
             cli(
@@ -631,7 +647,8 @@ def test_environment_variable_is_the_default_environment(
                 "--field",
                 "id",
                 env={"DEPLOYMENT_TRACKER_ENVIRONMENT": "production"},
-            )
+            ),
+            strip=False,
         )
         == in_production + "\n"
     )
@@ -641,7 +658,7 @@ def test_environment_variable_is_the_default_environment(
     # A bad value in the variable is refused like a bad option.
     assert cli("list", env={"DEPLOYMENT_TRACKER_ENVIRONMENT": "Not Valid"}).exit_code == 2
     # The variable is documented where the option is.
-    assert "DEPLOYMENT_TRACKER_ENVIRONMENT" in ok(cli("list", "--help"))
+    assert "DEPLOYMENT_TRACKER_ENVIRONMENT" in ok(cli("list", "--help"), strip=False)
 
 
 def test_environment_variable_in_a_real_process(cli: Callable[..., Result], db_path: Path) -> None:
@@ -649,14 +666,14 @@ def test_environment_variable_in_a_real_process(cli: Callable[..., Result], db_p
     env = process_env(
         DEPLOYMENT_TRACKER_DB=str(db_path), DEPLOYMENT_TRACKER_ENVIRONMENT="production"
     )
-    completed = run("latest", "--status", "any", "--field", "id", env=env)
+    completed = run_tracker("latest", "--status", "any", "--field", "id", env=env, text=False)
     assert (completed.returncode, completed.stdout.decode()) == (0, deployment_id + "\n")
 
 
 def test_override_gate_help_does_not_suggest_the_variable_overrides(
     cli: Callable[..., Result],
 ) -> None:
-    text = " ".join(ok(cli("record", "--help")).split())
+    text = " ".join(ok(cli("record", "--help"), strip=False).split())
     start = text.index("--override-gate")
     entry = text[start : text.index("--gates", start)]
     assert dt.GATES_ENV_VAR not in entry

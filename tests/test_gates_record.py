@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from tracker_process import ok, process_env, record, run, sha
+from helpers import ok, process_env, record, run_tracker, sha
 
 import deployment_tracker as dt
 
@@ -35,7 +35,7 @@ def no_caller_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def details(cli: Callable[..., Result], deployment_id: str) -> Any:
-    return json.loads(ok(cli("get", deployment_id, "-o", "json")))
+    return json.loads(ok(cli("get", deployment_id, "-o", "json"), strip=False))
 
 
 def event_statuses(cli: Callable[..., Result], deployment_id: str) -> list[str]:
@@ -43,7 +43,7 @@ def event_statuses(cli: Callable[..., Result], deployment_id: str) -> list[str]:
 
 
 def marks_of(cli: Callable[..., Result], deployment_id: str) -> str:
-    for line in ok(cli("list", "--all")).splitlines()[2:]:
+    for line in ok(cli("list", "--all"), strip=False).splitlines()[2:]:
         words = line.split()
         if words[0] == deployment_id:
             return words[-1]
@@ -83,8 +83,8 @@ def test_production_without_staging_is_recorded_with_a_warning_and_marked(
     assert shown["events"][1]["by"] == "me"
     assert "verified in staging" in shown["events"][1]["note"]
     assert marks_of(cli, deployment_id) == "gate-bypassed"
-    assert ok(cli("get", deployment_id, "--field", "gate_bypassed")) == "true\n"
-    assert json.loads(ok(cli("list", "--json", "id,gate_bypassed"))) == [
+    assert ok(cli("get", deployment_id, "--field", "gate_bypassed"), strip=False) == "true\n"
+    assert json.loads(ok(cli("list", "--json", "id,gate_bypassed"), strip=False)) == [
         {"id": deployment_id, "gate_bypassed": True}
     ]
 
@@ -116,11 +116,11 @@ def test_a_retried_record_adds_no_second_bypass(cli: Callable[..., Result]) -> N
 
 def test_rollbacks_and_gated_promotions_are_never_marked(cli: Callable[..., Result]) -> None:
     staged = record(cli, "staging", "main", sha("d", 1))
-    ok(cli("verify", staged, "--status", "verified"))
+    ok(cli("verify", staged, "--status", "verified"), strip=False)
     promoted = ok(
-        cli("record", "-e", "production", "-b", "release", "--promoted-from", staged)
+        cli("record", "-e", "production", "-b", "release", "--promoted-from", staged), strip=False
     ).strip()
-    ok(cli("verify", promoted, "--status", "verified"))
+    ok(cli("verify", promoted, "--status", "verified"), strip=False)
     bypassed = record(cli, "production", "hotfix/y", sha("e", 1))
     result = cli("record", "-e", "production", "-b", "rollback", "--rollback-of", promoted)
     assert result.exit_code == 0, result.output
@@ -133,7 +133,7 @@ def test_rollbacks_and_gated_promotions_are_never_marked(cli: Callable[..., Resu
     assert marks_of(cli, promoted) == "promoted"
     assert details(cli, bypassed)["gate_bypassed"] is True
     # A rollback to a deployment that was itself past the gate: still no mark.
-    ok(cli("verify", rollback, "--status", "verified"))
+    ok(cli("verify", rollback, "--status", "verified"), strip=False)
     result = cli("record", "-e", "production", "-b", "back", "--rollback-of", bypassed)
     assert result.exit_code == 0 and result.stderr == ""
     assert details(cli, result.stdout.strip())["gate_bypassed"] is False
@@ -150,7 +150,7 @@ def test_no_gates_no_mark(cli: Callable[..., Result], how: str) -> None:
     deployment_id = result.stdout.strip()
     assert details(cli, deployment_id)["gate_bypassed"] is False
     assert event_statuses(cli, deployment_id) == ["deployed"]
-    assert "gate-bypassed" not in ok(cli("list"))
+    assert "gate-bypassed" not in ok(cli("list"), strip=False)
 
 
 # -- promote --commit: promote or build -----------------------------------------------------
@@ -161,9 +161,9 @@ def staged(cli: Callable[..., Result]) -> dict[str, str]:
     """staging: commit a on main (verified), then commit b on feature/x (verified later),
     then commit c (deployed, not verified)."""
     ids = {"a": record(cli, "staging", "main", sha("a", 2))}
-    ok(cli("verify", ids["a"], "--status", "verified"))
+    ok(cli("verify", ids["a"], "--status", "verified"), strip=False)
     ids["b"] = record(cli, "staging", "feature/x", sha("b", 2))
-    ok(cli("verify", ids["b"], "--status", "verified"))
+    ok(cli("verify", ids["b"], "--status", "verified"), strip=False)
     ids["c"] = record(cli, "staging", "feature/y", sha("c", 2))
     return ids
 
@@ -173,7 +173,10 @@ def test_promote_a_verified_commit(
 ) -> None:
     output = tmp_path / "github_output"
     for commit in (sha("a", 2), sha("a", 2)[:7]):
-        assert ok(cli("promote", "--commit", commit, "--field", "id")) == staged["a"] + "\n"
+        assert (
+            ok(cli("promote", "--commit", commit, "--field", "id"), strip=False)
+            == staged["a"] + "\n"
+        )
     result = cli(
         "promote", "--commit", sha("a", 2), "--github-output", env={"GITHUB_OUTPUT": str(output)}
     )
@@ -184,7 +187,7 @@ def test_promote_a_verified_commit(
     assert values["id"] == staged["a"] and values["image_tag"] == staged["a"]
     assert values["commit_sha"] == sha("a", 2)
     # Without --commit, the latest verified one is the answer.
-    assert ok(cli("promote", "--field", "id")) == staged["b"] + "\n"
+    assert ok(cli("promote", "--field", "id"), strip=False) == staged["b"] + "\n"
 
 
 @pytest.mark.parametrize("gates", [None, "staging:production"])
@@ -243,7 +246,9 @@ def test_promote_decision_in_a_real_process(
 ) -> None:
     output = tmp_path / "github_output"
     env = process_env(DEPLOYMENT_TRACKER_DB=str(db_path), GITHUB_OUTPUT=str(output))
-    completed = run("promote", "--commit", sha("a", 2)[:7], "--github-output", env=env)
+    completed = run_tracker(
+        "promote", "--commit", sha("a", 2)[:7], "--github-output", env=env, text=False
+    )
     assert (completed.returncode, completed.stdout.decode()) == (0, staged["a"] + "\n")
     assert github_output(output)["mode"] == "promote"
 
@@ -278,7 +283,7 @@ def test_failures_are_one_annotation_line_inside_github_actions(
 def test_an_annotation_encodes_what_could_break_it(
     cli: Callable[..., Result], staged: dict[str, str], db_path: Path
 ) -> None:
-    ok(cli("block", staged["a"], "--reason", "placeholder"))
+    ok(cli("block", staged["a"], "--reason", "placeholder"), strip=False)
     hostile = "100% bad\r\n::error::pwned ##[error]evil\x1b[31m"
     with closing(sqlite3.connect(db_path, isolation_level=None)) as db:
         db.execute("UPDATE deployments SET blocked_reason = ? WHERE id = ?", (hostile, staged["a"]))
@@ -300,7 +305,7 @@ def test_a_stored_workflow_command_in_a_warning_is_defused(
     cli: Callable[..., Result], db_path: Path
 ) -> None:
     blocked = record(cli, "staging", "main", sha("a", 3))
-    ok(cli("block", blocked, "--reason", "placeholder"))
+    ok(cli("block", blocked, "--reason", "placeholder"), strip=False)
     record(cli, "staging", "feature/z", sha("b", 3))
     with closing(sqlite3.connect(db_path, isolation_level=None)) as db:
         db.execute(
@@ -317,9 +322,9 @@ def test_a_stored_workflow_command_in_a_warning_is_defused(
     )
     assert "##[" not in result.stderr
     assert any("50%25 sure%0A#%23[warning]y" in line for line in warnings), warnings
-    assert ok(cli("rollback-target", "-e", "staging", blocked, "--force", "--field", "id")) == (
-        blocked + "\n"
-    )
+    assert ok(
+        cli("rollback-target", "-e", "staging", blocked, "--force", "--field", "id"), strip=False
+    ) == (blocked + "\n")
 
 
 # -- rollback-target names the original ---------------------------------------------------
@@ -329,13 +334,17 @@ def test_a_stored_workflow_command_in_a_warning_is_defused(
 def production(cli: Callable[..., Result]) -> dict[str, str]:
     """production (no gate): a verified, b verified, r a rollback to a (verified), c running."""
     env = {dt.GATES_ENV_VAR: "none"}
-    ids = {"a": ok(cli("record", "-e", "production", "-b", "main", "-c", sha("a", 4), env=env))}
+    ids = {
+        "a": ok(
+            cli("record", "-e", "production", "-b", "main", "-c", sha("a", 4), env=env), strip=False
+        )
+    }
     ids["a"] = ids["a"].strip()
-    ok(cli("verify", ids["a"], "--status", "verified"))
+    ok(cli("verify", ids["a"], "--status", "verified"), strip=False)
     ids["b"] = record(cli, "production", "feature/b", sha("b", 4), "--gates", "none")
-    ok(cli("verify", ids["b"], "--status", "verified"))
+    ok(cli("verify", ids["b"], "--status", "verified"), strip=False)
     ids["r"] = record(cli, "production", "rollback", sha("a", 4), "--rollback-of", ids["a"])
-    ok(cli("verify", ids["r"], "--status", "verified"))
+    ok(cli("verify", ids["r"], "--status", "verified"), strip=False)
     ids["c"] = record(cli, "production", "feature/c", sha("c", 4), "--gates", "none")
     return ids
 
@@ -345,11 +354,11 @@ def test_rollback_target_names_the_deployment_that_first_shipped_the_image(
 ) -> None:
     assert details(cli, production["r"])["image_tag"] == production["a"]
     target = "rollback-target", "-e", "production"
-    assert ok(cli(*target, "--field", "id,image_tag")) == (
+    assert ok(cli(*target, "--field", "id,image_tag"), strip=False) == (
         f"{production['a']}\t{production['a']}\n"
     )
-    assert ok(cli(*target, production["r"], "--field", "id")) == production["a"] + "\n"
-    assert ok(cli(*target, production["b"], "--field", "id")) == production["b"] + "\n"
+    assert ok(cli(*target, production["r"], "--field", "id"), strip=False) == production["a"] + "\n"
+    assert ok(cli(*target, production["b"], "--field", "id"), strip=False) == production["b"] + "\n"
 
 
 def test_rollback_target_for_the_image_running_now_is_refused_without_force_advice(
@@ -360,7 +369,10 @@ def test_rollback_target_for_the_image_running_now_is_refused_without_force_advi
     assert "already runs" in running.stderr
     assert "force" not in running.stderr.lower()
     # The same image under another record of it: also what runs now.
-    ok(cli("record", "-e", "production", "-b", "again", "--rollback-of", production["a"]))
+    ok(
+        cli("record", "-e", "production", "-b", "again", "--rollback-of", production["a"]),
+        strip=False,
+    )
     for deployment_id in (production["a"], production["r"]):
         result = cli("rollback-target", "-e", "production", deployment_id)
         assert result.exit_code == 1, result.output

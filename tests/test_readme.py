@@ -77,4 +77,3 @@ def test_the_console_examples_print_what_the_readme_shows(tmp_path: Path) -> Non
         assert result.returncode == 0, f"$ {command}\n{result.stdout}{result.stderr}"
         assert normalised(result.stdout) == normalised(expected), f"$ {command}"
     assert (tmp_path / ".github" / "deployments.db").exists()
-
