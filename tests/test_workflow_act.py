@@ -2,7 +2,7 @@
 
 The applications are built here and know nothing of the tracker: a Python app with its own
 pyproject.toml, dependencies and a module at its root, and a Node app with no Python at all.
-Each has only docs/caller-example.yml as its .github/workflows/deploy.yml, calling
+Each has only .github/examples/deploy-caller.yml as its .github/workflows/deploy.yml, calling
 `acme/deployment-tracker/.github/workflows/deploy.yml@SHA`: this repository, committed into a
 scratch repository that stands in for GitHub at that pinned commit (`--local-repository`).
 
@@ -50,7 +50,7 @@ WORKFLOW_DIR = ROOT / "tests" / "workflow"
 SETUP_PYTHON = "actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065"
 UPLOAD_ARTIFACT = "actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02"
 TRACKER_REPOSITORY = "acme/deployment-tracker"
-CALLER = ROOT / "docs" / "caller-example.yml"
+CALLER = ROOT / ".github" / "examples" / "deploy-caller.yml"
 REQUIREMENTS = ROOT / ".github" / "actions" / "setup" / "requirements.txt"
 # What the tracker's repository serves: everything its workflow and setup action use.
 TRACKER_FILES = ["deployment_tracker.py", "pyproject.toml", "README.md", "LICENSE", ".github"]

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 DEPLOY = ROOT / ".github" / "workflows" / "deploy.yml"
 # The caller an application copies (README: "Using the workflow from your repository").
-CALLER = ROOT / "docs" / "caller-example.yml"
+CALLER = ROOT / ".github" / "examples" / "deploy-caller.yml"
 SETUP_ACTION = ROOT / ".github" / "actions" / "setup" / "action.yml"
 SCRIPTS = sorted(
     [
