@@ -11,15 +11,15 @@ drives this file through its command line. Sections, in reading order:
 
       41-349   Constants and SQL
      351-377   Errors
-     380-548   Migrations
-     551-840   Validation and ids
-     843-1028  Connection and transactions
-    1031-1366  Data layer: records
-    1369-1612  Data layer: control (promotion gates, promote, block, prune)
-    1615-1731  Data layer: insight (DORA figures, the deployments of a window, completion)
-    1734-2469  Output
-    2472-3438  CLI
-    3441-3451  main
+     380-591   Migrations
+     594-883   Validation and ids
+     886-1071  Connection and transactions
+    1074-1409  Data layer: records
+    1412-1655  Data layer: control (promotion gates, promote, block, prune)
+    1658-1774  Data layer: insight (DORA figures, the deployments of a window, completion)
+    1777-2516  Output
+    2519-3495  CLI
+    3498-3508  main
 """
 
 from __future__ import annotations
@@ -530,8 +530,51 @@ def migrate(db: sqlite3.Connection) -> None:
                 db.execute(f"PRAGMA user_version = {number}")
 
 
+# sqlite_master as migrations 1..4 leave it, as _check_schema reads it: a database must hold
+# exactly this. Rebuilding it from the migrations would cost every command 0.7 ms, so it is kept
+# here; a new migration must replace it (every test fails until it does: the databases they create
+# would not match). Print the new value with:
+#   python -c "import deployment_tracker as d; print(d._expected_schema(len(d.MIGRATIONS)))"
+_SCHEMA = (
+    "index deployments_by_branch deployments CREATE INDEX deployments_by_branch ON "
+    "deployments (branch, seq) index deployments_by_branch_status deployments CREATE INDEX "
+    "deployments_by_branch_status ON deployments (branch, status, seq) index "
+    "deployments_by_commit deployments CREATE INDEX deployments_by_commit ON deployments "
+    "(commit_sha, environment, seq) index deployments_by_environment deployments CREATE INDEX "
+    "deployments_by_environment ON deployments (environment, seq) index "
+    "deployments_by_environment_branch deployments CREATE INDEX "
+    "deployments_by_environment_branch ON deployments (environment, branch, seq) index "
+    "deployments_by_environment_branch_status deployments CREATE INDEX "
+    "deployments_by_environment_branch_status ON deployments (environment, branch, status, "
+    "seq) index deployments_by_environment_image deployments CREATE INDEX "
+    "deployments_by_environment_image ON deployments (environment, image_tag, seq) index "
+    "deployments_by_environment_status deployments CREATE INDEX "
+    "deployments_by_environment_status ON deployments (environment, status, seq) index "
+    "deployments_by_status deployments CREATE INDEX deployments_by_status ON deployments "
+    "(status, seq) index events_by_deployment events CREATE INDEX events_by_deployment ON "
+    "events (deployment_id, seq) index sqlite_autoindex_deployments_1 deployments index "
+    "verified_deployments_by_image deployments CREATE INDEX verified_deployments_by_image ON "
+    "deployments (environment, image_tag, seq) WHERE status = 'verified' table deployments "
+    "deployments CREATE TABLE deployments ( seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
+    "environment TEXT NOT NULL, branch TEXT NOT NULL, commit_sha TEXT NOT NULL, image_tag "
+    "TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('deployed', 'verified', 'failed', "
+    "'rolled_back')), deployed_at TEXT NOT NULL, verified_at TEXT, verified_by TEXT, actor "
+    "TEXT, run_id TEXT, run_url TEXT, rollback_of TEXT REFERENCES deployments (id), note "
+    "TEXT, committed_at TEXT , promoted_from TEXT REFERENCES deployments (id), blocked "
+    "INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)), blocked_at TEXT, blocked_by TEXT, "
+    "blocked_reason TEXT, gate_bypassed INTEGER NOT NULL DEFAULT 0 CHECK (gate_bypassed IN "
+    "(0, 1))) table events events CREATE TABLE events ( seq INTEGER PRIMARY KEY, "
+    "deployment_id TEXT NOT NULL REFERENCES deployments (id), status TEXT NOT NULL, at TEXT "
+    "NOT NULL, by TEXT, note TEXT ) table prunes prunes CREATE TABLE prunes ( seq INTEGER "
+    "PRIMARY KEY, at TEXT NOT NULL, by TEXT, environment TEXT, keep INTEGER NOT NULL, removed "
+    "INTEGER NOT NULL, removed_events INTEGER NOT NULL, removed_ids TEXT NOT NULL )"
+)
+
+
 def _expected_schema(version: int) -> str:
     """sqlite_master as migrations 1..version leave it (as _SELECT_SCHEMA_STATE reads it)."""
+    if version == len(MIGRATIONS):
+        return _SCHEMA
     scratch = sqlite3.connect(":memory:", isolation_level=None)
     try:
         for step in MIGRATIONS[:version]:
@@ -1749,6 +1792,8 @@ def _printable(value: Any, *, one_line: bool = True) -> str:
     """A value as text a terminal or a log shows as it is: controls (ESC starts
     escape sequences), bidi marks and undecodable bytes become visible escapes."""
     text = _shown_value(value)
+    if text.isprintable():  # the usual case, and no regex to compile for it
+        return text
     pattern = _UNSHOWABLE_IN_A_LINE if one_line else _UNSHOWABLE
     return pattern.sub(_escape_character, text)
 
@@ -1765,6 +1810,8 @@ def _json_text(value: Any, *, indent: Optional[int] = None) -> str:
     import json
 
     text = json.dumps(value, ensure_ascii=False, indent=indent)
+    if text.isascii() and "\x7f" not in text:  # json.dumps escaped every other control
+        return text
     return _UNSHOWABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
@@ -2717,6 +2764,40 @@ def cli(ctx: click.Context, db_path: str) -> None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_SHARED_OPTIONS: dict[Any, list[click.Parameter]] = {}
+
+
+def _shared_output_options(fields: tuple[str, ...]) -> list[click.Parameter]:
+    """-o/--output/--format, --field, --json and --no-headers, for commands that print `fields`."""
+    if fields not in _SHARED_OPTIONS:
+        _SHARED_OPTIONS[fields] = [
+            click.Option(
+                ["-o", "--output", "--format", "output_format"],
+                type=_OutputFormatType(),
+                help="table (default), json, csv, tsv, or a tabulate format such as github.",
+            ),
+            click.Option(
+                ["--field"],
+                type=_FieldListType(fields),
+                help="Print only these fields' bare values (comma-separated; tab-separated out).",
+            ),
+            click.Option(
+                ["--json", "json_fields"],
+                type=_FieldListType(fields),
+                metavar="FIELDS",
+                help="Print JSON with only these fields (comma-separated), like gh.",
+            ),
+            _shared_flag("--no-headers", "Tables, CSV and TSV without a header."),
+        ]
+    return _SHARED_OPTIONS[fields]
+
+
+def _shared_flag(name: str, help_text: str) -> click.Parameter:
+    if name not in _SHARED_OPTIONS:
+        _SHARED_OPTIONS[name] = [click.Option([name], is_flag=True, help=help_text)]
+    return _SHARED_OPTIONS[name][0]
+
+
 def _output_options(
     *, fields: Sequence[str] = FIELDS, github_output: bool = True, wide: bool = False
 ) -> Callable[[F], F]:
@@ -2742,43 +2823,19 @@ def _output_options(
                 raise click.UsageError("--field and --json don't go together")
             return function(*args, output=output, **kwargs)
 
-        options = [
-            click.option(
-                "-o",
-                "--output",
-                "--format",
-                "output_format",
-                type=_OutputFormatType(),
-                help="table (default), json, csv, tsv, or a tabulate format such as github.",
-            ),
-            click.option(
-                "--field",
-                type=_FieldListType(fields),
-                help="Print only these fields' bare values (comma-separated; tab-separated out).",
-            ),
-            click.option(
-                "--json",
-                "json_fields",
-                type=_FieldListType(fields),
-                metavar="FIELDS",
-                help="Print JSON with only these fields (comma-separated), like gh.",
-            ),
-            click.option(
-                "--no-headers", is_flag=True, help="Tables, CSV and TSV without a header."
-            ),
-        ]
+        # The options are made once and shared by the commands that print records: building
+        # click options is most of the tracker's import time.
+        params = [*_shared_output_options(tuple(fields))]
         if wide:
-            options.append(click.option("--wide", is_flag=True, help="Every column in tables."))
+            params.append(_shared_flag("--wide", "Every column in tables."))
         if github_output:
-            options.append(
-                click.option(
-                    "--github-output",
-                    is_flag=True,
-                    help="Also append the fields to the file named by $GITHUB_OUTPUT.",
+            params.append(
+                _shared_flag(
+                    "--github-output", "Also append the fields to the file named by $GITHUB_OUTPUT."
                 )
             )
-        for option in reversed(options):
-            command = option(command)
+        # click keeps a function's parameters in reverse order until the command is made.
+        command.__dict__.setdefault("__click_params__", []).extend(reversed(params))
         return command  # type: ignore[return-value]
 
     return decorate
