@@ -14,12 +14,12 @@ drives this file through its command line. Sections, in reading order:
      380-590   Migrations
      593-882   Validation and ids
      885-1072  Connection and transactions
-    1075-1410  Data layer: records
-    1413-1656  Data layer: control (promotion gates, promote, block, prune)
-    1659-1775  Data layer: insight (DORA figures, the deployments of a window, completion)
-    1778-2517  Output
-    2520-3496  CLI
-    3499-3509  main
+    1075-1408  Data layer: records
+    1411-1654  Data layer: control (promotion gates, promote, block, prune)
+    1657-1773  Data layer: insight (DORA figures, the deployments of a window, completion)
+    1776-2515  Output
+    2518-3494  CLI
+    3497-3507  main
 """
 
 from __future__ import annotations
@@ -1165,16 +1165,17 @@ def record_deployment(
     """
     moment = now or utc_now()
     with transaction(db):
-        record, rollback_target = _new_row(db, request, moment)
+        record = _new_row(db, request, moment)
+        is_rollback = request.rollback_of is not None
         existing = _find(db, record["id"])
         if existing is not None:
             _check_same_call(db, existing, record)
             return existing, False, None
-        replaced = running(db, request.environment) if rollback_target else None
+        replaced = running(db, request.environment) if is_rollback else None
         if replaced is not None and replaced["id"] == request.rollback_of:
             raise Refused(f"{request.rollback_of} is what is running in {request.environment} now")
         # A rollback redeploys what this environment already ran: no gate.
-        objection = None if rollback_target else gate_objection(db, record, gates)
+        objection = None if is_rollback else gate_objection(db, record, gates)
         record["gate_bypassed"] = objection is not None
         db.execute(_INSERT_DEPLOYMENT, record)
         _add_event(
@@ -1210,11 +1211,8 @@ def record_deployment(
     return record, True, objection
 
 
-def _new_row(
-    db: sqlite3.Connection, request: RecordRequest, moment: datetime
-) -> tuple[Record, bool]:
-    """The row `request` stores, with what a rollback or promotion takes from its
-    source; and whether it is a rollback."""
+def _new_row(db: sqlite3.Connection, request: RecordRequest, moment: datetime) -> Record:
+    """The row `request` stores, with what a rollback or promotion takes from its source."""
     branch, commit_sha, image_tag = request.branch, request.commit_sha, request.image_tag
     source = None
     if request.rollback_of is not None:
@@ -1258,7 +1256,7 @@ def _new_row(
         blocked=False,
         gate_bypassed=False,
     )
-    return record, request.rollback_of is not None
+    return record
 
 
 def _check_same_call(db: sqlite3.Connection, existing: Record, record: Record) -> None:
