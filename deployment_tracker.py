@@ -18,8 +18,8 @@ drives this file through its command line. Sections, in reading order:
     1411-1654  Data layer: control (promotion gates, promote, block, prune)
     1657-1773  Data layer: insight (DORA figures, the deployments of a window, completion)
     1776-2515  Output
-    2518-3494  CLI
-    3497-3507  main
+    2518-3498  CLI
+    3501-3511  main
 """
 
 from __future__ import annotations
@@ -2909,6 +2909,21 @@ def _open_db(ctx: click.Context, *, write: bool = False) -> sqlite3.Connection:
     return db
 
 
+def _named_deployment(
+    ctx: click.Context,
+    id_argument: Optional[str],
+    id_option: Optional[str],
+    environment: Optional[str],
+    *,
+    write: bool = False,
+) -> tuple[sqlite3.Connection, str]:
+    """The database, and the one deployment that the ID argument (or --id) names."""
+    given = _given_id(id_argument, id_option, required=True)
+    assert given is not None
+    db = _open_db(ctx, write=write)
+    return db, resolve_id(db, given, environment)
+
+
 def _emit_one(
     record: Record,
     output: _OutputRequest,
@@ -3064,10 +3079,7 @@ def verify_command(
     Example:
         deployment-tracker verify main_3f2c9e1_20260415123456 --status verified --by octocat
     """
-    given = _given_id(id_argument, id_option, required=True)
-    assert given is not None
-    db = _open_db(ctx, write=True)
-    deployment_id = resolve_id(db, given, environment)
+    db, deployment_id = _named_deployment(ctx, id_argument, id_option, environment, write=True)
     record, changed = verify_deployment(db, deployment_id, status, by=by, note=note)
     if not changed:
         click.echo(f"already {status}: {_printable(deployment_id)}", err=True)
@@ -3156,10 +3168,8 @@ def get_command(
         deployment-tracker get main_3f2c9e1_20260415123456 -o json
         deployment-tracker get 3f2c9e1 -e production
     """
-    given = _given_id(id_argument, id_option, required=True)
-    assert given is not None
-    db = _open_db(ctx)
-    record = get_deployment(db, resolve_id(db, given, environment))
+    db, deployment_id = _named_deployment(ctx, id_argument, id_option, environment)
+    record = get_deployment(db, deployment_id)
     _emit_one(record, output, history=events(db, record["id"]))
 
 
@@ -3226,10 +3236,7 @@ def block_command(
         deployment-tracker block main_3f2c9e1_20260415123456 \\
             --reason "corrupts uploads (#123)" --by octocat
     """
-    given = _given_id(id_argument, id_option, required=True)
-    assert given is not None
-    db = _open_db(ctx, write=True)
-    deployment_id = resolve_id(db, given, environment)
+    db, deployment_id = _named_deployment(ctx, id_argument, id_option, environment, write=True)
     record, changed = block_deployment(db, deployment_id, reason=reason, by=by)
     if not changed:
         click.echo(
@@ -3264,10 +3271,7 @@ def unblock_command(
     Example:
         deployment-tracker unblock main_3f2c9e1_20260415123456 --by octocat
     """
-    given = _given_id(id_argument, id_option, required=True)
-    assert given is not None
-    db = _open_db(ctx, write=True)
-    deployment_id = resolve_id(db, given, environment)
+    db, deployment_id = _named_deployment(ctx, id_argument, id_option, environment, write=True)
     record, changed = unblock_deployment(db, deployment_id, by=by, reason=reason)
     if not changed:
         click.echo(f"not blocked: {_printable(deployment_id)}", err=True)
