@@ -9,17 +9,17 @@ only runs SQL and builds records. What talks to git or HTTP for the workflow
 (the history branch, webhooks) lives with the workflow in .github/scripts and
 drives this file through its command line. Sections, in reading order:
 
-      41-349   Constants and SQL
-     351-377   Errors
-     380-590   Migrations
-     593-882   Validation and ids
-     885-1072  Connection and transactions
-    1075-1408  Data layer: records
-    1411-1654  Data layer: control (promotion gates, promote, block, prune)
-    1657-1773  Data layer: insight (DORA figures, the deployments of a window, completion)
-    1776-2515  Output
-    2518-3498  CLI
-    3501-3511  main
+      40-348   Constants and SQL
+     350-376   Errors
+     379-589   Migrations
+     592-884   Validation and ids
+     887-1074  Connection and transactions
+    1077-1410  Data layer: records
+    1413-1656  Data layer: control (promotion gates, promote, block, prune)
+    1659-1775  Data layer: insight (DORA figures, the deployments of a window, completion)
+    1778-2517  Output
+    2520-3500  CLI
+    3503-3513  main
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, NoReturn, Optional, TypeVar
 
@@ -818,11 +817,10 @@ def parse_id(deployment_id: str) -> tuple[str, str, datetime]:
     return match["branch"], match["sha"], moment
 
 
-@dataclass(frozen=True)
-class RecordRequest:
-    """What `record` is asked to store: checked whole when it is made, so the data
-    layer can trust it. A rollback (`rollback_of`) or a promotion (`promoted_from`)
-    takes branch, commit and image from the deployment it names."""
+class RecordRequest(NamedTuple):
+    """What `record` is asked to store, as one value. `checked()` validates it whole, once,
+    at the edge; the data layer trusts a checked request. A rollback (`rollback_of`) or a
+    promotion (`promoted_from`) takes branch, commit and image from the deployment it names."""
 
     environment: str
     branch: Optional[str] = None
@@ -840,7 +838,9 @@ class RecordRequest:
     # Why it was deployed past a promotion gate, when someone said.
     gate_reason: Optional[str] = None
 
-    def __post_init__(self) -> None:
+    def checked(self) -> RecordRequest:
+        """This request if every field and their combination is valid (InvalidInput if
+        not), with the commit time normalised to ISO 8601 UTC."""
         check_environment(self.environment)
         if self.status not in RECORD_STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(RECORD_STATUSES)}")
@@ -877,9 +877,11 @@ class RecordRequest:
                     f"deployment id {self.deployment_id} names commit {id_sha},"
                     f" not {self.commit_sha[:SHORT_SHA_LENGTH]}"
                 )
-        if self.committed_at is not None:
-            stamp = iso(parse_timestamp(self.committed_at, name="commit time"))
-            object.__setattr__(self, "committed_at", stamp)
+        if self.committed_at is None:
+            return self
+        return self._replace(
+            committed_at=iso(parse_timestamp(self.committed_at, name="commit time"))
+        )
 
 
 # ==========================================================================
@@ -3036,7 +3038,7 @@ def record_command(
         deployment-tracker record -e staging --branch main \\
             --commit 3f2c9e1d4b5a69788796a5b4c3d2e1f0a9b8c7d6 --actor octocat
     """
-    request = RecordRequest(**fields)
+    request = RecordRequest(**fields).checked()
     db = _open_db(ctx, write=True)
     record, created, objection = record_deployment(db, request, gates=gates)
     if not created:

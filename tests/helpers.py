@@ -323,7 +323,7 @@ def deploy(
         status=status,
         actor=actor,
         committed_at=moment(committed).isoformat() if committed else None,
-    )
+    ).checked()
     record, _, _ = dt.record_deployment(db, request, gates={}, now=moment(when))
     return str(record["id"])
 
@@ -529,7 +529,7 @@ def crash_request(number: int) -> dt.RecordRequest:
         actor="crash-bot",
         run_id=str(number),
         note=f"crash test {number}\nsecond line",
-    )
+    ).checked()
 
 
 def crash_rollback_request(number: int, target: dict[str, Any]) -> dt.RecordRequest:
@@ -538,7 +538,7 @@ def crash_rollback_request(number: int, target: dict[str, Any]) -> dt.RecordRequ
     )
     return dt.RecordRequest(
         environment="live", deployment_id=rollback_id, rollback_of=target["id"], actor="crash-bot"
-    )
+    ).checked()
 
 
 def crash_step(db: sqlite3.Connection, number: int, say: Callable[[str], None]) -> None:
@@ -584,7 +584,7 @@ def load_worker(db_path: str, worker: int, count: int) -> None:
             commit_sha=sha,
             actor=f"worker-{worker}",
             note=f"load {worker}.{number}",
-        )
+        ).checked()
         record, created, _ = dt.record_deployment(db, request, gates=dt.parse_gates(None))
         assert created
         if number % 4 == 0:
@@ -615,7 +615,7 @@ def migrate_worker(db_path: str, worker: int) -> None:
     db = dt.connect(db_path, write=True)
     request = dt.RecordRequest(
         environment="staging", branch=f"first-use-{worker}", commit_sha="d" * 40
-    )
+    ).checked()
     record, _, _ = dt.record_deployment(db, request, gates=dt.parse_gates(None))
     print(record["id"], flush=True)
     db.close()

@@ -392,7 +392,7 @@ def typical_history(db_path: Path) -> dict[str, str]:
             moment = now - timedelta(hours=hours_ago)
             request = dt.RecordRequest(
                 environment=environment, branch=branch, commit_sha=sha(digit, 9), actor="octocat"
-            )
+            ).checked()
             record_, _, _ = dt.record_deployment(db, request, gates={}, now=moment)
             dt.verify_deployment(db, record_["id"], status, by="octocat", now=moment)
             ids[key] = record_["id"]

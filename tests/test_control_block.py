@@ -162,7 +162,9 @@ def test_a_retried_record_still_matches_after_a_block(
 def test_data_layer_block_and_unblock(db_path: Path) -> None:
     db = dt.connect(str(db_path), write=True)
     try:
-        request = dt.RecordRequest(environment="staging", branch="main", commit_sha="d" * 40)
+        request = dt.RecordRequest(
+            environment="staging", branch="main", commit_sha="d" * 40
+        ).checked()
         record, _, _ = dt.record_deployment(db, request, gates=dt.parse_gates(None))
         blocked, changed = dt.block_deployment(db, record["id"], reason="bad", by="ci")
         assert changed and blocked["blocked"] and blocked["blocked_by"] == "ci"

@@ -331,7 +331,7 @@ def test_data_layer_gate(db_path: Path) -> None:
                 branch="main",
                 commit_sha="f" * 40,
                 deployment_id="main_fffffff_20250101000000",
-            ),
+            ).checked(),
             gates=gates,
         )
         assert objection is None
@@ -342,7 +342,7 @@ def test_data_layer_gate(db_path: Path) -> None:
             deployment_id="main_fffffff_20250601000000",
             image_tag=staging["image_tag"],
             gate_reason="smoke tests are down",
-        )
+        ).checked()
         assert dt.gate_objection(db, {**staging, "environment": "production"}, gates) is not None
         bypassed, created, objection = dt.record_deployment(db, early, gates=gates)
         assert created and objection is not None and GATE_MESSAGE in objection
@@ -363,7 +363,7 @@ def test_data_layer_gate(db_path: Path) -> None:
                 environment="production",
                 promoted_from=staging["id"],
                 deployment_id="main_fffffff_20260101000000",
-            ),
+            ).checked(),
             gates=gates,
         )
         assert created and promoted["promoted_from"] == staging["id"] and objection is None

@@ -34,7 +34,7 @@ def seed(db: sqlite3.Connection, count: int) -> dict[str, str]:
         environment = ENVIRONMENTS[number % 3 == 0]
         request = dt.RecordRequest(
             environment=environment, branch=branch, commit_sha=f"{number:07x}" + "a" * 33
-        )
+        ).checked()
         record, _, _ = dt.record_deployment(
             db, request, gates=dt.parse_gates(None), now=start + timedelta(minutes=number)
         )
@@ -44,7 +44,7 @@ def seed(db: sqlite3.Connection, count: int) -> dict[str, str]:
         ids.setdefault(environment, record["id"])
     for environment in ENVIRONMENTS:  # marks the running one rolled_back
         target, _ = dt.rollback_target(db, environment)
-        rollback = dt.RecordRequest(environment=environment, rollback_of=target["id"])
+        rollback = dt.RecordRequest(environment=environment, rollback_of=target["id"]).checked()
         dt.record_deployment(
             db, rollback, gates=dt.parse_gates(None), now=start + timedelta(minutes=count + 1)
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import random
@@ -112,7 +111,7 @@ def retry_after_crash(db_path: Path, begin: str, log: CrashLog) -> None:
                 _, created, _ = dt.record_deployment(db, request, gates=gates)
                 log.committed_unreported += not created
                 with pytest.raises(dt.Refused, match="already recorded with a different note"):
-                    different = dataclasses.replace(request, note="something else")
+                    different = request._replace(note="something else")
                     dt.record_deployment(db, different, gates=gates)
             log.reported.add(str(request.deployment_id))
         elif kind == "verify":
@@ -126,7 +125,7 @@ def retry_after_crash(db_path: Path, begin: str, log: CrashLog) -> None:
             _, created, _ = dt.record_deployment(db, again, gates=gates)
             log.committed_unreported += not created
             with pytest.raises(dt.Refused, match="different actor"):
-                someone_else = dataclasses.replace(again, actor="someone-else")
+                someone_else = again._replace(actor="someone-else")
                 dt.record_deployment(db, someone_else, gates=gates)
             log.reported.add(str(again.deployment_id))
     finally:
@@ -205,12 +204,12 @@ def make_database(path: Path, records: int = 40) -> str:
     gates = dt.parse_gates(None)
     known = dt.RecordRequest(
         environment="staging", branch="main", commit_sha=SHA, deployment_id=KNOWN_ID
-    )
+    ).checked()
     record, _, _ = dt.record_deployment(db, known, gates=gates)
     for number in range(records):
         filler = dt.RecordRequest(
             environment="staging", branch=f"filler/{number}", commit_sha=SHA, note="filler " * 50
-        )
+        ).checked()
         record, _, _ = dt.record_deployment(db, filler, gates=gates)
     db.close()
     checkpoint(path)
@@ -413,7 +412,7 @@ def test_unflushed_wal_in_read_only_folder_is_never_read_stale(private_folder: P
     writer.execute("PRAGMA wal_autocheckpoint = 0")
     db = dt.connect(str(path), write=True)
     db.execute("PRAGMA wal_autocheckpoint = 0")
-    late = dt.RecordRequest(environment="staging", branch="late", commit_sha=SHA)
+    late = dt.RecordRequest(environment="staging", branch="late", commit_sha=SHA).checked()
     newest, _, _ = dt.record_deployment(db, late, gates=dt.parse_gates(None))
     crashed = private_folder / "crashed"
     crashed.mkdir()

@@ -216,12 +216,12 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     gates = dt.parse_gates(None)
     staging = dt.RecordRequest(
         environment="staging", branch="main", commit_sha=SHA, deployment_id=STAGING_ID
-    )
+    ).checked()
     dt.record_deployment(db, staging, gates=gates)
     dt.verify_deployment(db, STAGING_ID, "verified", by="qa")
     live = dt.RecordRequest(
         environment="live", branch="release", commit_sha=SHA, deployment_id=LIVE_ID
-    )
+    ).checked()
     dt.record_deployment(db, live, gates=gates)
     db.close()
     checkpoint(path)

@@ -46,7 +46,7 @@ def seed(db_path: Path) -> None:
     for environment in ("staging", "live"):
         request = dt.RecordRequest(
             environment=environment, branch=f"seed-{environment}", commit_sha="e" * 40
-        )
+        ).checked()
         dt.record_deployment(db, request, gates=dt.parse_gates(None))
     db.close()
 

@@ -435,7 +435,7 @@ def write_cases(launcher: Launcher, db: Path) -> list[Case]:
             branch="bench/record",
             commit_sha=sha,
             deployment_id=recorded_id(-2),
-        )
+        ).checked()
         dt.record_deployment(connection, request, gates={})
     finally:
         connection.close()
@@ -458,7 +458,7 @@ def write_rate(path: Path, seconds: float) -> tuple[float, str]:
         sha = f"{count:07x}" + "f" * 33
         request = dt.RecordRequest(
             environment="staging", branch="bench/write-rate", commit_sha=sha, actor="bench"
-        )
+        ).checked()
         dt.record_deployment(db, request, gates={}, now=moment)
         count += 1
     db.close()
