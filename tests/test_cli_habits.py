@@ -51,7 +51,7 @@ def history(cli: Callable[..., Result]) -> dict[str, str]:
 
 
 def only_id(result: Result) -> str:
-    return ok(result, strip=False).strip()
+    return ok(result)
 
 
 # Each command that names a deployment, with what it needs besides the id.
@@ -611,9 +611,7 @@ def test_environment_variable_is_the_default_environment(
     cli: Callable[..., Result], db_path: Path
 ) -> None:
     staging = {"DEPLOYMENT_TRACKER_ENVIRONMENT": "staging"}
-    in_staging = ok(
-        cli("record", "-b", "main", "-c", sha("a", 6), env=staging), strip=False
-    ).strip()
+    in_staging = ok(cli("record", "-b", "main", "-c", sha("a", 6), env=staging))
     in_production = ok(
         cli(
             "record",

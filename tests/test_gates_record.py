@@ -117,9 +117,7 @@ def test_a_retried_record_adds_no_second_bypass(cli: Callable[..., Result]) -> N
 def test_rollbacks_and_gated_promotions_are_never_marked(cli: Callable[..., Result]) -> None:
     staged = record(cli, "staging", "main", sha("d", 1))
     ok(cli("verify", staged, "--status", "verified"), strip=False)
-    promoted = ok(
-        cli("record", "-e", "production", "-b", "release", "--promoted-from", staged), strip=False
-    ).strip()
+    promoted = ok(cli("record", "-e", "production", "-b", "release", "--promoted-from", staged))
     ok(cli("verify", promoted, "--status", "verified"), strip=False)
     bypassed = record(cli, "production", "hotfix/y", sha("e", 1))
     result = cli("record", "-e", "production", "-b", "rollback", "--rollback-of", promoted)
