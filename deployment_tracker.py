@@ -14,12 +14,12 @@ drives this file through its command line. Sections, in reading order:
      379-589   Migrations
      592-884   Validation and ids
      887-1074  Connection and transactions
-    1077-1410  Data layer: records
-    1413-1656  Data layer: control (promotion gates, promote, block, prune)
-    1659-1775  Data layer: insight (DORA figures, the deployments of a window, completion)
-    1778-2517  Output
-    2520-3500  CLI
-    3503-3513  main
+    1077-1437  Data layer: records
+    1440-1683  Data layer: control (promotion gates, promote, block, prune)
+    1686-1802  Data layer: insight (DORA figures, the deployments of a window, completion)
+    1805-2544  Output
+    2547-3540  CLI
+    3543-3553  main
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ _SELECT_BY_ID = _SELECT_DEPLOYMENT + " WHERE id = ?"
 # Ids are Docker tags, and '~' sorts after every character a tag may hold.
 _SELECT_IDS_WITH_PREFIX = (
     "SELECT id, environment FROM deployments WHERE id >= :prefix AND id < :prefix || '~'"
-    " ORDER BY id LIMIT :limit"
+    " AND (:environment IS NULL OR environment = :environment) ORDER BY id LIMIT :limit"
 )
 _SELECT_IDS_OF_COMMIT = (
     "SELECT id, environment FROM deployments"
@@ -1098,30 +1098,57 @@ def get_deployment(db: sqlite3.Connection, deployment_id: str) -> Record:
     return record
 
 
-def resolve_id(db: sqlite3.Connection, given: str, environment: Optional[str] = None) -> str:
-    """The one deployment `given` names: its id, a unique start of an id, or the
-    short sha of a commit (within `environment`, when given). A full id is
-    only ever itself."""
-    if _is_full_id(given) or _find(db, given) is not None:
+def resolve_id(
+    db: sqlite3.Connection,
+    given: str,
+    environment: Optional[str] = None,
+    *,
+    exact: bool = False,
+) -> str:
+    """The one deployment `given` names. A full id names itself (with `exact`,
+    only a full id is accepted); hex is a commit (a short or full sha), never
+    the start of an id, so a branch named like a sha can't stand in for it;
+    anything else is the unique start of an id. With `environment`, the match
+    is searched there, and one that exists only elsewhere is refused."""
+    if exact or _is_full_id(given):
+        record = _find(db, given)
+        if record is None:
+            raise NotFound(f"no deployment with id {given}")
+        _check_environment_of(given, record["environment"], environment)
         return given
+    is_commit = bool(_SHA_PATTERN.fullmatch(given))
+    if not is_commit:
+        record = _find(db, given)
+        if record is not None:
+            _check_environment_of(given, record["environment"], environment)
+            return given
+    query = _SELECT_IDS_OF_COMMIT if is_commit else _SELECT_IDS_WITH_PREFIX
+    what = "a commit" if is_commit else "an id"
     limit = 11
-    rows = db.execute(_SELECT_IDS_WITH_PREFIX, {"prefix": given, "limit": limit}).fetchall()
-    if len(rows) > 1 and environment is not None:
-        rows = [row for row in rows if row[1] == environment] or rows
-    if not rows and _SHA_PATTERN.fullmatch(given):
-        rows = db.execute(
-            _SELECT_IDS_OF_COMMIT,
-            {"prefix": given, "environment": environment, "limit": limit},
-        ).fetchall()
+    parameters = {"prefix": given, "environment": environment, "limit": limit}
+    rows = db.execute(query, parameters).fetchall()
+    if not rows and environment is not None:
+        elsewhere = db.execute(query, {**parameters, "environment": None}).fetchall()
+        if elsewhere:
+            places = ", ".join(sorted({row[1] for row in elsewhere}))
+            raise Refused(
+                f"no deployment in {environment} has {what} starting with {given}"
+                f" (it matches in {places})"
+            )
     if not rows:
         where = f" in {environment}" if environment else ""
-        raise NotFound(f"no deployment{where} has an id or commit starting with {given}")
+        raise NotFound(f"no deployment{where} has {what} starting with {given}")
     if len(rows) > 1:
         shown = ", ".join(row[0] for row in rows[: limit - 1])
         more = " and more" if len(rows) == limit else ""
         raise Refused(f"{given} is ambiguous: it matches {shown}{more}")
     found: str = rows[0][0]
     return found
+
+
+def _check_environment_of(deployment_id: str, found: str, wanted: Optional[str]) -> None:
+    if wanted is not None and found != wanted:
+        raise Refused(f"{deployment_id} is in {found}, not {wanted}")
 
 
 def events(db: sqlite3.Connection, deployment_id: str) -> list[Record]:
@@ -1676,8 +1703,8 @@ def newest_ids(db: sqlite3.Connection, prefix: str = "", limit: int = 50) -> lis
     """Ids that start with `prefix` (the newest ones when it is empty)."""
     if not prefix:
         return [row[0] for row in db.execute(_SELECT_NEWEST_IDS, (limit,))]
-    rows = db.execute(_SELECT_IDS_WITH_PREFIX, {"prefix": prefix, "limit": limit})
-    return [row[0] for row in rows]
+    parameters = {"prefix": prefix, "environment": None, "limit": limit}
+    return [row[0] for row in db.execute(_SELECT_IDS_WITH_PREFIX, parameters)]
 
 
 def _median_seconds(values: Sequence[int]) -> Optional[int]:
@@ -2847,7 +2874,11 @@ def _deployment_argument(*, required: bool = True) -> Callable[[F], F]:
 
     def decorate(function: F) -> F:
         function = click.option(
-            "--id", "id_option", type=_DEPLOYMENT, metavar="ID", help="Same as the ID argument."
+            "--id",
+            "id_option",
+            type=_DEPLOYMENT,
+            metavar="ID",
+            help="Exactly this full id (no prefix, no commit): for scripts.",
         )(function)
         return click.argument(
             "id_argument", required=False, type=_DEPLOYMENT, metavar="ID" if required else "[ID]"
@@ -2856,16 +2887,25 @@ def _deployment_argument(*, required: bool = True) -> Callable[[F], F]:
     return decorate
 
 
-def _given_id(argument: Optional[str], option: Optional[str], *, required: bool) -> Optional[str]:
+class _GivenId(NamedTuple):
+    value: str
+    exact: bool  # given as --id: only that full id, never a prefix or a commit
+
+
+def _given_id(
+    argument: Optional[str], option: Optional[str], *, required: bool
+) -> Optional[_GivenId]:
     if argument and option and argument != option:
         raise click.UsageError(f"two different deployments given: {argument} and --id {option}")
-    given = argument or option
-    if given is None and required:
+    if option:
+        return _GivenId(option, exact=True)
+    if argument:
+        return _GivenId(argument, exact=False)
+    if required:
         raise click.UsageError(
-            "Missing argument 'ID' (a deployment id, a unique start of one,"
-            " or a commit's short sha)"
+            "Missing argument 'ID' (a deployment id, a unique start of one, or a commit's sha)"
         )
-    return given
+    return None
 
 
 def _environment_option(*, required: bool) -> Callable[[F], F]:
@@ -2923,7 +2963,7 @@ def _named_deployment(
     given = _given_id(id_argument, id_option, required=True)
     assert given is not None
     db = _open_db(ctx, write=write)
-    return db, resolve_id(db, given, environment)
+    return db, resolve_id(db, given.value, environment, exact=given.exact)
 
 
 def _emit_one(
@@ -3203,7 +3243,7 @@ def rollback_target_command(
     """
     given = _given_id(id_argument, id_option, required=False)
     db = _open_db(ctx)
-    deployment_id = resolve_id(db, given, environment) if given else None
+    deployment_id = resolve_id(db, given.value, environment, exact=given.exact) if given else None
     target, problems = rollback_target(db, environment, deployment_id, force=force)
     for problem in problems:
         _warn(f"forced: deployment {target['id']} {problem}")
@@ -3341,7 +3381,7 @@ def promote_command(
     if given and commit_sha:
         raise click.UsageError("give a deployment ID or --commit, not both")
     db = _open_db(ctx)
-    deployment_id = resolve_id(db, given, source) if given else None
+    deployment_id = resolve_id(db, given.value, source, exact=given.exact) if given else None
     try:
         candidate = promotion_candidate(
             db, source, target, deployment_id=deployment_id, commit_sha=commit_sha

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import pytest
 from click.testing import CliRunner, Result
-from helpers import CALLER_VARIABLES, make_runner
+from helpers import CALLER_VARIABLES, History, make_runner
 
 import deployment_tracker as dt
 
@@ -55,3 +55,9 @@ def cli_json(cli: Callable[..., Result]) -> Callable[..., Any]:
         return json.loads(result.stdout)
 
     return invoke
+
+
+@pytest.fixture
+def history(cli: Callable[..., Result]) -> History:
+    """Records deployments with unique, ordered ids and commits."""
+    return History(cli)

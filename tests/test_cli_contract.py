@@ -70,8 +70,8 @@ def test_not_found_is_one(cli: Callable[..., Result]) -> None:
         (["rollback-target", "-e", "staging"], "no verified deployment in staging"),
         (["rollback-target", "-e", "eu-prod"], "no deployments in eu-prod"),
         # An id may be given by a unique start: nothing starts with x.
-        (["get", "x"], "no deployment has an id or commit starting with x"),
-        (["get", "--id", "x"], "no deployment has an id or commit starting with x"),
+        (["get", "x"], "no deployment has an id starting with x"),
+        (["get", "--id", "x"], "no deployment with id x"),
     ):
         result = cli(*args)
         assert result.exit_code == 1, (args, result.output)
@@ -233,8 +233,7 @@ def test_errors_and_warnings_are_annotations_inside_github_actions(tmp_path: Pat
     failed = run_tracker("get", "nothing-like-it", db=db, env=actions)
     assert failed.returncode == 1
     assert failed.stderr == (
-        "::error title=deployment-tracker::no deployment has an id or commit starting with"
-        " nothing-like-it\n"
+        "::error title=deployment-tracker::no deployment has an id starting with nothing-like-it\n"
     )
 
 

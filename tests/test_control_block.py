@@ -14,11 +14,6 @@ from helpers import History, captured_sql, ok, query_plan, row_count
 import deployment_tracker as dt
 
 
-@pytest.fixture
-def history(cli: Callable[..., Result]) -> History:
-    return History(cli)
-
-
 def staging_with_three(history: History) -> tuple[str, str, str]:
     """A and B verified, C running (deployed, unverified)."""
     a = history.record("staging", verified=True)

@@ -14,11 +14,6 @@ from helpers import History, ok, row_count
 import deployment_tracker as dt
 
 
-@pytest.fixture
-def history(cli: Callable[..., Result]) -> History:
-    return History(cli)
-
-
 def prune_ids(cli: Callable[..., Result], *args: str) -> list[str]:
     result = cli("prune", *args, "--format", "json")
     assert result.exit_code == 0, result.output

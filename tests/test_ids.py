@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 from click.testing import Result
+from helpers import History, ok
 
 import deployment_tracker as dt
 
@@ -119,3 +120,65 @@ def test_new_id_through_the_cli(cli: Callable[..., Result]) -> None:
     part, short_sha, moment = dt.parse_id(deployment_id)
     assert part == "feat-id-" and short_sha == SHA[:7]
     assert before <= moment <= after
+
+
+# -- naming a deployment: what a given value may stand for ------------------
+
+
+def test_a_branch_named_like_a_sha_cannot_stand_in_for_the_commit(
+    cli: Callable[..., Result], history: History
+) -> None:
+    good = history.record("production", verified=True)
+    good_sha = ok(cli("get", good, "--field", "commit_sha"))
+    for name in (good_sha[:7], good_sha):
+        # The attacker's branch is named like the verified commit; its id starts with that.
+        impostor = history.record("production", branch=name, verified=True)
+        assert impostor.startswith(dt.sanitise_branch(name)[:7])
+        for command in (("get",), ("rollback-target", "-e", "production")):
+            assert ok(cli(*command, name[:7], "--field", "id")) == good
+        assert ok(cli("get", impostor, "--field", "id")) == impostor
+
+
+def test_an_ambiguous_start_is_refused_even_within_an_environment(
+    cli: Callable[..., Result], history: History
+) -> None:
+    for _ in range(10):  # more matches elsewhere than one page of candidates
+        history.record("qa")
+    first = history.record("staging")
+    second = history.record("staging")
+    result = cli("get", "main", "-e", "staging")
+    assert result.exit_code == 1
+    assert f"main is ambiguous: it matches {first}, {second}" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_match_in_another_environment_is_refused(
+    cli: Callable[..., Result], history: History
+) -> None:
+    in_qa = history.record("qa", verified=True)
+    history.record("staging", verified=True)
+    commit = ok(cli("get", in_qa, "--field", "commit_sha"))
+    cases = [
+        (in_qa[:-2], f"no deployment in staging has an id starting with {in_qa[:-2]}"),
+        (commit[:7], f"no deployment in staging has a commit starting with {commit[:7]}"),
+        (in_qa, f"{in_qa} is in qa, not staging"),
+    ]
+    for given, message in cases:
+        for command in ("get", "rollback-target"):
+            result = cli(command, given, "-e", "staging")
+            assert result.exit_code == 1, (command, given, result.output)
+            assert message in result.stderr
+            assert "qa" in result.stderr
+    assert ok(cli("get", in_qa[:-2], "-e", "qa", "--field", "id")) == in_qa
+
+
+def test_the_id_option_takes_only_a_whole_id(cli: Callable[..., Result], history: History) -> None:
+    deployment = history.record("staging", verified=True)
+    commit = ok(cli("get", deployment, "--field", "commit_sha"))
+    assert ok(cli("get", "--id", deployment, "--field", "id")) == deployment
+    for given in (deployment[:-2], commit[:7], commit):
+        for command in (("get",), ("verify", "--status", "failed"), ("rollback-target",)):
+            result = cli(*command, "--id", given, "-e", "staging")
+            assert result.exit_code == 1, (command, given, result.output)
+            assert f"no deployment with id {given}" in result.stderr
+        assert ok(cli("get", given, "--field", "id")) == deployment

@@ -113,14 +113,14 @@ CASES = [
     Case("latest status", ("latest", "-e", "staging", "--status", "ok"), 2, "--status"),
     Case("unknown option", record("--force-push"), 2, "No such option"),
     # Ids that don't parse, and ids (or starts of ids) that name nothing.
-    Case("id names nothing", ("get", "nope"), 1, "no deployment has an id or commit starting"),
+    Case("id names nothing", ("get", "nope"), 1, "no deployment has an id starting"),
     Case("id uppercase sha", ("get", "main_ABCDEF1_20240101000000"), 1, "no deployment has an"),
     Case("id month 13", record("--id", "feature_0123456_20241301000000"), 2, "impossible time"),
     Case(
         "id short time",
         ("verify", "--id", "m_0123456_2024", "--status", "failed"),
         1,
-        "no deployment has an id or commit starting with m_0123456_2024",
+        "no deployment with id m_0123456_2024",
     ),
     Case("id leading dot", ("get", "--id", ".m_0123456_20240101000000"), 2, "Docker tag"),
     Case("record id prefix", record("--id", "main"), 2, "deployment id must look like"),
