@@ -9,17 +9,17 @@ only runs SQL and builds records. What talks to git or HTTP for the workflow
 (the history branch, webhooks) lives with the workflow in .github/scripts and
 drives this file through its command line. Sections, in reading order:
 
-      40-348   Constants and SQL
-     350-376   Errors
-     379-589   Migrations
-     592-884   Validation and ids
-     887-1074  Connection and transactions
-    1077-1437  Data layer: records
-    1440-1683  Data layer: control (promotion gates, promote, block, prune)
-    1686-1802  Data layer: insight (DORA figures, the deployments of a window, completion)
-    1805-2544  Output
-    2547-3540  CLI
-    3543-3553  main
+      40-356   Constants and SQL
+     358-384   Errors
+     387-597   Migrations
+     600-938   Validation and ids
+     941-1128  Connection and transactions
+    1131-1491  Data layer: records
+    1494-1737  Data layer: control (promotion gates, promote, block, prune)
+    1740-1856  Data layer: insight (DORA figures, the deployments of a window, completion)
+    1859-2624  Output
+    2627-3637  CLI
+    3640-3650  main
 """
 
 from __future__ import annotations
@@ -162,14 +162,22 @@ _URL_PATTERN = _LazyPattern(r"https?://[^\s\x00-\x1f\x7f]+")
 _UNSAFE_TAG_CHARACTERS = _LazyPattern(r"[^A-Za-z0-9_.-]+")
 # What git check-ref-format refuses in a branch name.
 _BAD_BRANCH_PATTERN = _LazyPattern(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)")
-# Controls, and the marks that reorder displayed text (bidi): `hotfix/\u202edexif-ton`
-# would show as `hotfix/not-fixed`.
-_INVISIBLE = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+# Every format character (Unicode category Cf): the bidi marks reorder displayed text
+# (`hotfix/\u202edexif-ton` shows as `hotfix/not-fixed`); zero-width and tag characters
+# hide in it (`main\u200b` shows as `main`).
+_INVISIBLE = (
+    "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
+    "\U000e0020-\U000e007f"
+)
 _CONTROL_CHARACTERS = _LazyPattern(f"[\\x00-\\x1f\\x7f-\\x9f{_INVISIBLE}]")
 _NOTE_CONTROL_CHARACTERS = _LazyPattern(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_INVISIBLE}]")
 # What a terminal, a log or a summary must never receive raw from a stored value:
 # controls (ESC starts CSI/OSC sequences), bidi marks, and unpaired surrogates.
 _UNSHOWABLE = _LazyPattern(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_INVISIBLE}\\ud800-\\udfff]")
+# What a shell takes as one word without quotes (shlex.quote's safe set).
+_SHELL_SAFE = _LazyPattern(r"[A-Za-z0-9_@%+=:,./-]+")
 _UNSHOWABLE_IN_A_LINE = _LazyPattern(f"[\\x00-\\x1f\\x7f-\\x9f{_INVISIBLE}\\ud800-\\udfff]")
 
 _SELECT_DEPLOYMENT = "SELECT {columns} FROM deployments".format(  # noqa: S608 (constant columns)
@@ -707,6 +715,52 @@ def check_id(deployment_id: str) -> str:
 
 def _is_full_id(value: str) -> bool:
     return bool(_ID_PATTERN.fullmatch(value))
+
+
+def _check_time(value: str) -> str:
+    if _from_iso(value) is None:
+        raise InvalidInput(f"not an ISO 8601 time: {_describe(value)}")
+    return value
+
+
+# The grammar of each stored value that decides something or is handed on (to
+# $GITHUB_OUTPUT, to the next step): anyone who can push the history may have written it.
+_STORED_GRAMMAR: dict[str, Callable[[str], str]] = {
+    "id": check_id,
+    "environment": check_environment,
+    "branch": check_branch,
+    "commit_sha": check_sha,
+    "image_tag": check_image_tag,
+    "deployed_at": _check_time,
+    "verified_at": _check_time,
+    "committed_at": _check_time,
+    "run_id": check_run_id,
+    "run_url": check_run_url,
+    "rollback_of": check_id,
+    "promoted_from": check_id,
+}
+
+
+def trusted(record: Record) -> Record:
+    """`record`, once every stored value in it that decides or is handed on fits its
+    grammar; one that doesn't was not written by the tracker, and is refused."""
+    for name, check in _STORED_GRAMMAR.items():
+        value = record.get(name)
+        if value is None:
+            continue
+        try:
+            check(value if isinstance(value, str) else repr(value))
+        except InvalidInput as error:
+            raise DatabaseProblem(
+                f"the history was altered: deployment {_describe(str(record.get('id')))}"
+                f" has a {name} the tracker never writes ({error}); refusing to use it"
+            ) from None
+    if record.get("status", "deployed") not in STATUSES:
+        raise DatabaseProblem(
+            f"the history was altered: deployment {_describe(str(record.get('id')))}"
+            f" has the status {_describe(str(record['status']))}; refusing to use it"
+        )
+    return record
 
 
 def _from_iso(text: str) -> Optional[datetime]:
@@ -1813,7 +1867,9 @@ def _escape_character(match: re.Match[str]) -> str:
     code = ord(match.group())
     if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as Python carries it
         return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _printable(value: Any, *, one_line: bool = True) -> str:
@@ -1840,7 +1896,24 @@ def _json_text(value: Any, *, indent: Optional[int] = None) -> str:
     text = json.dumps(value, ensure_ascii=False, indent=indent)
     if text.isascii() and "\x7f" not in text:  # json.dumps escaped every other control
         return text
-    return _UNSHOWABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+    return _UNSHOWABLE.sub(_json_escape, text)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # JSON spells a character beyond the BMP as a surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def _csv_cell(value: Any) -> str:
+    """A CSV cell a spreadsheet shows as text: stored text it would run as a
+    formula (starting with = + - @, a tab or a CR) gets a leading '."""
+    text = _printable(value, one_line=False)
+    if isinstance(value, str) and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + text
+    return text
 
 
 def _tsv_cell(value: Any) -> str:
@@ -1968,7 +2041,7 @@ def _echo_records(records: Iterable[Record], output: _OutputRequest) -> int:
             write_row(FIELDS)
         for count, record in enumerate(records, start=1):  # noqa: B007 (the count is returned)
             if fmt == "csv":
-                write_row([_printable(record[field], one_line=False) for field in FIELDS])
+                write_row([_csv_cell(record[field]) for field in FIELDS])
             else:
                 write_row([record[field] for field in FIELDS])
         return count
@@ -2028,7 +2101,9 @@ def _writable_github_output() -> str:
 
 
 def _write_github_output(path: str, values: Record) -> None:
-    """Append values as `name<<DELIMITER` blocks, which no value can break out of."""
+    """Append values as `name<<DELIMITER` blocks, which no value can break out of,
+    once each is checked: a step may write them on with a plain `echo`."""
+    trusted(values)
     lines = []
     for name, value in values.items():
         text = _shown_value(value)
@@ -2127,7 +2202,12 @@ def _echo_stats(
         if output.headers:
             writer.writerow(STATS_FIELDS)
         for figure in figures:
-            writer.writerow([_printable(figure[field]) for field in STATS_FIELDS])
+            writer.writerow(
+                [
+                    (_csv_cell if fmt == "csv" else _printable)(figure[field])
+                    for field in STATS_FIELDS
+                ]
+            )
         return
     click.echo(_window_caption(since, until))
     if not figures:
@@ -2616,10 +2696,23 @@ class TrackerGroup(click.Group):
 
 
 def _complete_from_db(
-    ctx: click.Context, lookup: Callable[[sqlite3.Connection], list[str]]
+    ctx: click.Context,
+    lookup: Callable[[sqlite3.Connection], list[str]],
+    check: Callable[[str], Any],
 ) -> list[Any]:
-    """Completion candidates read from the database; nothing when it can't be read."""
+    """Completion candidates read from the database; nothing when it can't be read.
+    The shell puts a candidate on the command line as it is, so only values that
+    pass their check and need no quoting (`$(...)`, `;`, spaces) are offered."""
     from click.shell_completion import CompletionItem
+
+    def offered(value: str) -> bool:
+        if not _SHELL_SAFE.fullmatch(value):
+            return False
+        try:
+            check(value)
+        except InvalidInput:
+            return False
+        return True
 
     path = ctx.find_root().params.get("db_path") or os.environ.get(DB_ENV_VAR) or DEFAULT_DB
     try:
@@ -2627,7 +2720,7 @@ def _complete_from_db(
     except (TrackerError, sqlite3.Error):
         return []
     try:
-        return [CompletionItem(value) for value in lookup(db)]
+        return [CompletionItem(value) for value in lookup(db) if offered(value)]
     except sqlite3.Error:
         return []
     finally:
@@ -2662,8 +2755,10 @@ class _CheckedType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
         if column is None:
             return []
         if column == "id":
-            return _complete_from_db(ctx, lambda db: newest_ids(db, incomplete))
-        return _complete_from_db(ctx, lambda db: distinct_values(db, column, incomplete))
+            return _complete_from_db(ctx, lambda db: newest_ids(db, incomplete), self._check)
+        return _complete_from_db(
+            ctx, lambda db: distinct_values(db, column, incomplete), self._check
+        )
 
 
 class _OutputFormatType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
@@ -3245,6 +3340,7 @@ def rollback_target_command(
     db = _open_db(ctx)
     deployment_id = resolve_id(db, given.value, environment, exact=given.exact) if given else None
     target, problems = rollback_target(db, environment, deployment_id, force=force)
+    trusted(target)
     for problem in problems:
         _warn(f"forced: deployment {target['id']} {problem}")
     _emit_one(target, output)
@@ -3404,6 +3500,7 @@ def promote_command(
             _write_github_output(output.github_output, decision)
         click.echo("build")
         return
+    trusted(candidate)
     _emit_one({**candidate, "mode": "promote"} if output.github_output else candidate, output)
 
 

@@ -521,6 +521,22 @@ def candidates(shell: str, completed: subprocess.CompletedProcess[bytes]) -> lis
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_offers_no_stored_value_the_shell_would_run(
+    shell: str, cli: Callable[..., Result], history: dict[str, str], db_path: Path
+) -> None:
+    """The shell puts a candidate on the command line as it is: `$(...)` would run."""
+    record(cli, "staging", "x$(touch${IFS}pwned)", sha("d", 1))
+    record(cli, "staging", "y;reboot", sha("d", 2))
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as db:
+        db.execute("UPDATE deployments SET branch = 'z\nrm -rf ~' WHERE branch = 'main'")
+    name = "deployment-tracker"
+    got = candidates(shell, complete(shell, f"{name} list --branch ", db_path))
+    assert got == ["feature/login", "fix/typo"]
+    got = candidates(shell, complete(shell, f"{name} get ", db_path))
+    assert got and all(re.fullmatch(r"[A-Za-z0-9_.-]+", value) for value in got)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
 def test_completion_of_ids_environments_branches_statuses(
     shell: str, cli: Callable[..., Result], history: dict[str, str], db_path: Path
 ) -> None:

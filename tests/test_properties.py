@@ -19,7 +19,8 @@ import deployment_tracker as dt
 
 # Where git refuses or the tracker deliberately does: C1 controls (U+0080 to
 # U+009F) are accepted by git but refused by the tracker, as terminals act on them,
-# and so are the marks that reorder displayed text (bidi).
+# and so are the format characters (category Cf): the marks that reorder displayed
+# text (bidi), and the zero-width and tag characters that hide in it.
 GIT_FORBIDDEN = set(" ~^:?*[\\") | {chr(code) for code in range(0x20)} | {"\x7f"}
 BIDI = {
     "\u061c",
@@ -40,7 +41,7 @@ PROCESSES = settings(max_examples=12, deadline=None)
 branch_characters = st.one_of(
     st.sampled_from("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789-_.+#@!$()'\"{}<>=&;|,%"),
     st.characters(
-        blacklist_categories=("Cs",),
+        blacklist_categories=("Cs", "Cf"),
         blacklist_characters="".join(GIT_FORBIDDEN | TRACKER_FORBIDDEN),
     ),
 )
@@ -179,7 +180,7 @@ def free_text(limit: int, *, multiline: bool) -> st.SearchStrategy[str]:
         {chr(code) for code in range(0x20)} | {chr(code) for code in range(0x7F, 0xA0)} | BIDI
     ) - allowed
     return st.text(
-        st.characters(blacklist_categories=("Cs",), blacklist_characters="".join(forbidden)),
+        st.characters(blacklist_categories=("Cs", "Cf"), blacklist_characters="".join(forbidden)),
         min_size=1,
         max_size=limit,
     ).filter(lambda text: bool(text.strip()))
