@@ -21,12 +21,14 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import venv
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,7 +40,9 @@ from history_helpers import (
     bare_remote,
     git,
     history_commits,
+    history_db,
     history_records,
+    put_history_file,
     with_history,
 )
 
@@ -852,6 +856,53 @@ def test_production_from_main_promotes_a_chosen_staging_deployment(world: World)
     assert promoted["commit_sha"] == feature and promoted["branch"] == "feature/cart"
     assert world.calls_of("docker") == []
     assert world.images_set() == [f"app=ghcr.io/acme/webapp:{staged}"]
+
+
+def test_production_takes_only_a_whole_id_so_a_branch_named_like_a_sha_cannot_stand_in(
+    world: World,
+) -> None:
+    """A writer names a branch after a verified commit's short sha and gets it verified in
+    staging; production dispatched with that short sha deploys neither. Fakes: kubectl,
+    docker (neither may be called)."""
+    good = world.commit("good")
+    world.seed("staging", good, "20260101100000")
+    impostor = world.commit("impostor", branch=good[:7])
+    world.seed("staging", impostor, "20260101110000", branch=good[:7])
+    world.checkout("main")
+    before = history_commits(world.remote)
+
+    result = world.run("workflow_dispatch", environment="production", deployment_id=good[:7])
+
+    assert result.returncode != 0
+    assert f"::error title=deployment-tracker::no deployment with id {good[:7]}" in (
+        result.output
+    ), failure_report(result)
+    assert world.calls_of("kubectl") == [] and world.calls_of("docker") == []
+    assert history_commits(world.remote) == before
+
+
+def test_a_value_altered_on_the_history_branch_is_never_deployed(world: World) -> None:
+    """One SQL UPDATE on the history branch puts a newline and a second output into a
+    verified image tag. Fakes: kubectl, docker (neither may be called)."""
+    older = world.seed("production", SHA_OLDER, "20260101100000")
+    world.seed("production", SHA_NEWER, "20260102100000")
+    db = history_db(world.remote, world.base / "altered.db")
+    with closing(sqlite3.connect(db, isolation_level=None)) as connection:
+        connection.execute(
+            "UPDATE deployments SET image_tag = ? WHERE id = ?",
+            (f"{older}\nimage=evil.example.net/app:1", older),
+        )
+    put_history_file(world.remote, db.read_bytes())
+    before = history_commits(world.remote)
+
+    result = world.run("workflow_dispatch", environment="production", rollback="true")
+
+    assert result.returncode != 0
+    assert "::error title=deployment-tracker::the history was altered: deployment" in (
+        result.output
+    ), failure_report(result)
+    assert world.calls_of("kubectl") == [] and world.calls_of("docker") == []
+    assert history_commits(world.remote) == before
 
 
 # --------------------------------------------------------------------------
