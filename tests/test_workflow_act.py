@@ -905,6 +905,25 @@ def test_a_value_altered_on_the_history_branch_is_never_deployed(world: World) -
     assert history_commits(world.remote) == before
 
 
+def test_the_app_s_own_python_files_never_run_in_the_tracker_s_steps(world: World) -> None:
+    """The app's root holds modules named like the tracker's and Python's own; each would
+    leave a mark and stop its process. Fakes: docker, kubectl."""
+    for name in ("deployment_tracker", "deployment_history", "sysconfig", "compileall", "click"):
+        path = world.repo / (f"{name}/__init__.py" if name == "click" else f"{name}.py")
+        path.parent.mkdir(exist_ok=True)
+        mark = world.calls / f"shadow-{name}"
+        path.write_text(f"open({str(mark)!r}, 'w').close()\nraise SystemExit(97)\n")
+    git("add", "-A", cwd=world.repo)
+    git("commit", "--quiet", "-m", "modules named like the tools'", cwd=world.repo)
+
+    result = world.run("push")
+
+    assert result.returncode == 0, failure_report(result)
+    assert sorted(path.name for path in world.calls.glob("shadow-*")) == []
+    (record,) = world.records().values()
+    assert record["status"] == "verified"
+
+
 # --------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------
