@@ -856,6 +856,11 @@ def test_production_from_main_promotes_a_chosen_staging_deployment(world: World)
     assert promoted["commit_sha"] == feature and promoted["branch"] == "feature/cart"
     assert world.calls_of("docker") == []
     assert world.images_set() == [f"app=ghcr.io/acme/webapp:{staged}"]
+    # The reviewer approving production sees what will run: source, branch, commit, who verified.
+    plan = "\n".join(summary_lines(result))
+    assert f"| Restores / promotes | `{staged}` |" in plan
+    assert f"| Source | branch feature\\/cart at commit `{feature}`, deployed by unknown |" in plan
+    assert re.search(r"\| Verified \| by seed at 20\d\d-\d\d-\d\dT[\d:]+Z \|", plan), plan
 
 
 def test_production_takes_only_a_whole_id_so_a_branch_named_like_a_sha_cannot_stand_in(
