@@ -9,17 +9,17 @@ only runs SQL and builds records. What talks to git or HTTP for the workflow
 (the history branch, webhooks) lives with the workflow in .github/scripts and
 drives this file through its command line. Sections, in reading order:
 
-      40-356   Constants and SQL
-     358-384   Errors
-     387-597   Migrations
-     600-938   Validation and ids
-     941-1128  Connection and transactions
-    1131-1491  Data layer: records
-    1494-1737  Data layer: control (promotion gates, promote, block, prune)
-    1740-1856  Data layer: insight (DORA figures, the deployments of a window, completion)
-    1859-2624  Output
-    2627-3637  CLI
-    3640-3650  main
+      40-359   Constants and SQL
+     361-387   Errors
+     390-607   Migrations
+     610-953   Validation and ids
+     956-1143  Connection and transactions
+    1146-1514  Data layer: records
+    1517-1760  Data layer: control (promotion gates, promote, block, prune)
+    1763-1879  Data layer: insight (DORA figures, the deployments of a window, completion)
+    1882-2647  Output
+    2650-3667  CLI
+    3670-3680  main
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ FIELDS = (
     "blocked_by",
     "blocked_reason",
     "gate_bypassed",
+    "image_digest",
 )
 # Fields that a retried `record` must repeat exactly to count as the same call.
 _IDENTITY_FIELDS = (
@@ -106,6 +107,7 @@ _IDENTITY_FIELDS = (
     "note",
     "committed_at",
     "promoted_from",
+    "image_digest",
 )
 EVENT_FIELDS = ("at", "status", "by", "note")
 # The default table: what ran, where, when, and did it pass. `image` appears
@@ -154,6 +156,7 @@ class _LazyPattern:
 
 # Docker's tag grammar: 128 characters at most, no leading '.' or '-'.
 _TAG_PATTERN = _LazyPattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST_PATTERN = _LazyPattern(r"sha256:[0-9a-f]{64}")
 _ID_PATTERN = _LazyPattern(r"(?P<branch>.+)_(?P<sha>[0-9a-f]{7})_(?P<timestamp>\d{14})")
 _SHA_PATTERN = _LazyPattern(r"[0-9a-f]{7,40}|[0-9a-f]{64}")
 _ENVIRONMENT_PATTERN = _LazyPattern(r"[a-z][a-z0-9_-]{0,62}")
@@ -516,6 +519,12 @@ def m004_gate_bypasses_and_commits(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m005_image_digests(db: sqlite3.Connection) -> None:
+    """The digest of the image a deployment ran: a tag can be pushed again, a digest can't."""
+    db.execute("ALTER TABLE deployments ADD COLUMN image_digest TEXT")
+
+
 def _schema_version(db: sqlite3.Connection) -> int:
     version: int = db.execute("PRAGMA user_version").fetchone()[0]
     return version
@@ -537,7 +546,7 @@ def migrate(db: sqlite3.Connection) -> None:
                 db.execute(f"PRAGMA user_version = {number}")
 
 
-# sqlite_master as migrations 1..4 leave it, as _check_schema reads it. Rebuilding it from the
+# sqlite_master as migrations 1..5 leave it, as _check_schema reads it. Rebuilding it from the
 # migrations costs 0.7 ms, so a database is first compared with this copy; it is rebuilt only on
 # a mismatch (an older schema version, or a SQLite that spaces its ALTER TABLE output another
 # way). A new migration must replace it (tests/test_hostile_values.py checks that a current
@@ -548,8 +557,8 @@ _SCHEMA = (
     "deployments (branch, seq) index deployments_by_branch_status deployments CREATE INDEX "
     "deployments_by_branch_status ON deployments (branch, status, seq) index "
     "deployments_by_commit deployments CREATE INDEX deployments_by_commit ON deployments "
-    "(commit_sha, environment, seq) index deployments_by_environment deployments CREATE INDEX "
-    "deployments_by_environment ON deployments (environment, seq) index "
+    "(commit_sha, environment, seq) index deployments_by_environment deployments CREATE "
+    "INDEX deployments_by_environment ON deployments (environment, seq) index "
     "deployments_by_environment_branch deployments CREATE INDEX "
     "deployments_by_environment_branch ON deployments (environment, branch, seq) index "
     "deployments_by_environment_branch_status deployments CREATE INDEX "
@@ -563,19 +572,20 @@ _SCHEMA = (
     "events (deployment_id, seq) index sqlite_autoindex_deployments_1 deployments index "
     "verified_deployments_by_image deployments CREATE INDEX verified_deployments_by_image ON "
     "deployments (environment, image_tag, seq) WHERE status = 'verified' table deployments "
-    "deployments CREATE TABLE deployments ( seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
-    "environment TEXT NOT NULL, branch TEXT NOT NULL, commit_sha TEXT NOT NULL, image_tag "
-    "TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('deployed', 'verified', 'failed', "
-    "'rolled_back')), deployed_at TEXT NOT NULL, verified_at TEXT, verified_by TEXT, actor "
-    "TEXT, run_id TEXT, run_url TEXT, rollback_of TEXT REFERENCES deployments (id), note "
-    "TEXT, committed_at TEXT , promoted_from TEXT REFERENCES deployments (id), blocked "
-    "INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)), blocked_at TEXT, blocked_by TEXT, "
-    "blocked_reason TEXT, gate_bypassed INTEGER NOT NULL DEFAULT 0 CHECK (gate_bypassed IN "
-    "(0, 1))) table events events CREATE TABLE events ( seq INTEGER PRIMARY KEY, "
-    "deployment_id TEXT NOT NULL REFERENCES deployments (id), status TEXT NOT NULL, at TEXT "
-    "NOT NULL, by TEXT, note TEXT ) table prunes prunes CREATE TABLE prunes ( seq INTEGER "
-    "PRIMARY KEY, at TEXT NOT NULL, by TEXT, environment TEXT, keep INTEGER NOT NULL, removed "
-    "INTEGER NOT NULL, removed_events INTEGER NOT NULL, removed_ids TEXT NOT NULL )"
+    "deployments CREATE TABLE deployments ( seq INTEGER PRIMARY KEY, id TEXT NOT NULL "
+    "UNIQUE, environment TEXT NOT NULL, branch TEXT NOT NULL, commit_sha TEXT NOT NULL, "
+    "image_tag TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('deployed', 'verified', "
+    "'failed', 'rolled_back')), deployed_at TEXT NOT NULL, verified_at TEXT, verified_by "
+    "TEXT, actor TEXT, run_id TEXT, run_url TEXT, rollback_of TEXT REFERENCES deployments "
+    "(id), note TEXT, committed_at TEXT , promoted_from TEXT REFERENCES deployments (id), "
+    "blocked INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)), blocked_at TEXT, "
+    "blocked_by TEXT, blocked_reason TEXT, gate_bypassed INTEGER NOT NULL DEFAULT 0 CHECK "
+    "(gate_bypassed IN (0, 1)), image_digest TEXT) table events events CREATE TABLE events ( "
+    "seq INTEGER PRIMARY KEY, deployment_id TEXT NOT NULL REFERENCES deployments (id), "
+    "status TEXT NOT NULL, at TEXT NOT NULL, by TEXT, note TEXT ) table prunes prunes CREATE "
+    "TABLE prunes ( seq INTEGER PRIMARY KEY, at TEXT NOT NULL, by TEXT, environment TEXT, "
+    "keep INTEGER NOT NULL, removed INTEGER NOT NULL, removed_events INTEGER NOT NULL, "
+    "removed_ids TEXT NOT NULL )"
 )
 
 
@@ -690,6 +700,7 @@ def _matching(pattern: _LazyPattern, rule: str) -> Callable[[str], str]:
 
 check_sha = _matching(_SHA_PATTERN, "commit must be 7 to 40 (or 64) lowercase hex characters")
 check_image_tag = _matching(_TAG_PATTERN, "image tag is not a valid Docker tag")
+check_digest = _matching(_DIGEST_PATTERN, "image digest must be sha256: and 64 lowercase hex")
 check_run_id = _matching(_RUN_ID_PATTERN, "run id must be a number")
 # A full id, the start of one, or a commit's short sha: all are tag characters.
 check_id_or_prefix = _matching(
@@ -731,6 +742,7 @@ _STORED_GRAMMAR: dict[str, Callable[[str], str]] = {
     "branch": check_branch,
     "commit_sha": check_sha,
     "image_tag": check_image_tag,
+    "image_digest": check_digest,
     "deployed_at": _check_time,
     "verified_at": _check_time,
     "committed_at": _check_time,
@@ -874,12 +886,14 @@ def parse_id(deployment_id: str) -> tuple[str, str, datetime]:
 class RecordRequest(NamedTuple):
     """What `record` is asked to store, as one value. `checked()` validates it whole, once,
     at the edge; the data layer trusts a checked request. A rollback (`rollback_of`) or a
-    promotion (`promoted_from`) takes branch, commit and image from the deployment it names."""
+    promotion (`promoted_from`) takes branch, commit and image (tag and digest) from the
+    deployment it names."""
 
     environment: str
     branch: Optional[str] = None
     commit_sha: Optional[str] = None
     image_tag: Optional[str] = None
+    image_digest: Optional[str] = None
     deployment_id: Optional[str] = None
     status: str = "deployed"
     actor: Optional[str] = None
@@ -902,6 +916,7 @@ class RecordRequest(NamedTuple):
             (self.branch, check_branch),
             (self.commit_sha, check_sha),
             (self.image_tag, check_image_tag),
+            (self.image_digest, check_digest),
             (self.deployment_id, parse_id),
             (self.actor, lambda value: check_text("actor", value)),
             (self.run_id, check_run_id),
@@ -1297,6 +1312,7 @@ def record_deployment(
 def _new_row(db: sqlite3.Connection, request: RecordRequest, moment: datetime) -> Record:
     """The row `request` stores, with what a rollback or promotion takes from its source."""
     branch, commit_sha, image_tag = request.branch, request.commit_sha, request.image_tag
+    image_digest = request.image_digest
     source = None
     if request.rollback_of is not None:
         source = _find(db, request.rollback_of)
@@ -1315,9 +1331,15 @@ def _new_row(db: sqlite3.Connection, request: RecordRequest, moment: datetime) -
                 f"this deployment redeploys the image of {source['id']}"
                 f" ({source['image_tag']}), not {image_tag}"
             )
+        if image_digest is not None and image_digest != source["image_digest"]:
+            raise InvalidInput(
+                f"this deployment redeploys the image of {source['id']}"
+                f" (digest {source['image_digest'] or 'unknown'}), not {image_digest}"
+            )
         branch = branch or source["branch"]
         commit_sha = commit_sha or source["commit_sha"]
         image_tag = source["image_tag"]
+        image_digest = source["image_digest"]
     assert branch is not None and commit_sha is not None
     deployment_id = request.deployment_id or make_id(branch, commit_sha, moment)
     record: Record = dict.fromkeys(FIELDS)
@@ -1327,6 +1349,7 @@ def _new_row(db: sqlite3.Connection, request: RecordRequest, moment: datetime) -
         branch=branch,
         commit_sha=commit_sha,
         image_tag=image_tag or deployment_id,
+        image_digest=image_digest,
         status=request.status,
         deployed_at=iso(moment),
         actor=request.actor,
@@ -2835,6 +2858,7 @@ _SHA = _CheckedType("sha", check_sha)
 _DEPLOYMENT = _CheckedType("id", check_id_or_prefix, "id")
 _FULL_ID = _CheckedType("id", check_id, "id")
 _IMAGE_TAG = _CheckedType("tag", check_image_tag)
+_IMAGE_DIGEST = _CheckedType("digest", check_digest)
 _RUN_ID = _CheckedType("run id", check_run_id)
 _RUN_URL = _CheckedType("url", check_run_url)
 _ANY_NOTE = _CheckedType("note", storable_note)
@@ -3128,6 +3152,12 @@ def new_id_command(branch: str, commit_sha: str, output: _OutputRequest) -> None
 @click.option("--branch", "-b", type=_BRANCH, help="Branch deployed (raw name).")
 @click.option("--commit", "-c", "commit_sha", type=_SHA, help="Commit _SHA (lowercase hex).")
 @click.option("--image-tag", type=_IMAGE_TAG, help="Docker image tag; defaults to the id.")
+@click.option(
+    "--image-digest",
+    type=_IMAGE_DIGEST,
+    metavar="sha256:HEX",
+    help="Digest of the image pushed (what a tag pointed to when it ran).",
+)
 @click.option("--id", "deployment_id", type=_FULL_ID, help="Deployment id; defaults to a new one.")
 @click.option("--status", type=click.Choice(RECORD_STATUSES), default="deployed", show_default=True)
 @click.option("--actor", type=_text("actor"), help="Who deployed it.")
@@ -3159,8 +3189,8 @@ def record_command(
 
     Recording the same id again with the same fields succeeds without change,
     so a retried step is safe. With --rollback-of, this is a rollback: branch,
-    commit and image default to the target's, and the deployment it replaces
-    is marked rolled_back. With --promoted-from, they default to the promoted
+    commit and image (tag and digest) are the target's, and the deployment it
+    replaces is marked rolled_back. With --promoted-from, they are the promoted
     deployment's.
 
     A record is a fact and is never refused by a promotion gate: a deployment

@@ -16,6 +16,7 @@ the smoke checks (curl) and the deployed service (an HTTP server on 127.0.0.1) a
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -602,6 +603,16 @@ SHA_OLDER = "2222222222222222222222222222222222222222"
 SHA_NEWER = "3333333333333333333333333333333333333333"
 
 
+def digest_of(image: str) -> str:
+    """The digest the fake docker reports for pushing `image`."""
+    return "sha256:" + hashlib.sha256(image.encode()).hexdigest()
+
+
+def pinned(image: str) -> str:
+    """`image` as the workflow deploys it once it was pushed: by its digest."""
+    return f"{image}@{digest_of(image)}"
+
+
 @pytest.mark.parametrize("kind", ["python", "node"])
 def test_a_push_builds_deploys_and_verifies(make_world: Any, kind: str) -> None:
     """Fakes: docker, kubectl (tests/workflow/bin); stand-ins: setup-python, upload-artifact."""
@@ -627,7 +638,7 @@ def test_a_push_builds_deploys_and_verifies(make_world: Any, kind: str) -> None:
     assert docker[0][1] == "ghcr.io"
     assert image in docker[1] and docker[2] == ["push", image]
     assert world.calls_of("kubectl") == [
-        ["--namespace", "web", "set", "image", "deployment/webapp", f"app={image}"],
+        ["--namespace", "web", "set", "image", "deployment/webapp", f"app={pinned(image)}"],
         ["--namespace", "web", "rollout", "status", "deployment/webapp", "--timeout", "300s"],
     ]
     kubeconfigs = [
@@ -672,8 +683,8 @@ def test_a_failing_service_is_rolled_back_to_the_last_verified_image(
     assert rollback["status"] == "verified"
     assert bad["id"] in rollback["note"]
     assert world.images_set() == [
-        f"app=ghcr.io/acme/webapp:{bad['image_tag']}",
-        f"app=ghcr.io/acme/webapp:{good}",
+        "app=" + pinned(f"ghcr.io/acme/webapp:{bad['image_tag']}"),
+        f"app=ghcr.io/acme/webapp:{good}",  # seeded without a digest: by tag
     ]
     assert world.service.state.version == good
     saved = world.artifact(f"rollback-{bad['id']}", "rollback.json")
@@ -683,6 +694,37 @@ def test_a_failing_service_is_rolled_back_to_the_last_verified_image(
     assert bad["id"] in failed_note and "500" in failed_note
     assert rollback["id"] in rollback_note and good in rollback_note
     world.assert_untouched()
+
+
+def test_a_rollback_and_a_promotion_redeploy_the_digest_that_was_verified(world: World) -> None:
+    """Built and verified by one run, the image is restored by the next one's rollback and
+    promoted to production by its digest, not by its tag (which anyone who can push packages
+    could move). Fakes: docker, kubectl; the real service answers 500 for the broken image."""
+    world.commit("good change")
+    assert world.run("push").returncode == 0
+    (good,) = world.records().values()
+    image = f"ghcr.io/acme/webapp:{good['image_tag']}"
+    assert good["status"] == "verified" and good["image_digest"] == digest_of(image)
+    world.forget_calls()
+    world.service.state.broken_commits.add(world.commit("a broken change"))
+
+    result = world.run("push")
+
+    assert result.returncode != 0
+    records = world.records()
+    (rollback,) = [r for r in records.values() if r["rollback_of"]]
+    assert rollback["rollback_of"] == good["id"] and rollback["status"] == "verified"
+    assert rollback["image_digest"] == good["image_digest"]
+    assert world.images_set()[-1] == f"app={pinned(image)}"
+    world.forget_calls()
+
+    result = world.run("workflow_dispatch", environment="production", deployment_id=good["id"])
+
+    assert result.returncode == 0, failure_report(result)
+    (promoted,) = [r for r in world.records().values() if r["environment"] == "production"]
+    assert promoted["image_digest"] == good["image_digest"]
+    assert world.images_set() == [f"app={pinned(image)}"]
+    assert world.calls_of("docker") == []
 
 
 def test_a_wheel_that_does_not_match_its_pinned_hash_is_never_installed(
@@ -837,7 +879,9 @@ def test_production_with_the_gate_off_builds_and_deploys_the_commit(world: World
     assert record["status"] == "verified"
     assert record["promoted_from"] is None
     assert [args[0] for args in world.calls_of("docker")] == ["login", "build", "push"]
-    assert world.images_set() == [f"app=ghcr.io/acme/webapp:{record['image_tag']}"]
+    image = f"ghcr.io/acme/webapp:{record['image_tag']}"
+    assert world.images_set() == [f"app={pinned(image)}"]
+    assert record["image_digest"] == digest_of(image)
     assert "gate is off" in "\n".join(summary_lines(result))
 
 

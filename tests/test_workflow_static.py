@@ -276,6 +276,7 @@ PLACEHOLDERS = {
     "--note": "a note",
     "--message": "a message",
     "--committed-at": "2026-01-01T10:00:00+00:00",
+    "--image-digest": "sha256:" + "0" * 64,
     "--from": "staging",
     "--to": "production",
     "--db": "/tmp/deployments.db",

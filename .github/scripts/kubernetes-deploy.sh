@@ -8,9 +8,22 @@
 #   K8S_NAMESPACE    namespace (default: default)
 #   ROLLOUT_TIMEOUT  how long to wait for the rollout (default: 300s)
 #   KUBECONFIG_DATA  kubeconfig contents; when empty, kubectl's own configuration is used
+#   IMAGE_DIGEST     the image's digest (sha256:...): IMAGE@DIGEST is deployed, so what runs is
+#                    what was pushed and verified, whatever the tag points to now. Without it (a
+#                    deployment recorded before digests were), the tag is deployed, with a warning.
 set -euo pipefail
 
 image=${1:?usage: kubernetes-deploy.sh IMAGE}
+digest=${IMAGE_DIGEST:-}
+if [[ -n "$digest" ]]; then
+  if [[ ! "$digest" =~ ^sha256:[0-9a-f]{64}$ ]]; then
+    echo "::error title=Deploy::IMAGE_DIGEST is not a sha256 digest" >&2
+    exit 2
+  fi
+  image="$image@$digest"
+else
+  echo "::warning title=Deployed by tag::no digest is recorded for $image: the tag is deployed as the registry has it now"
+fi
 deployment=${K8S_DEPLOYMENT:?set the K8S_DEPLOYMENT variable}
 container=${K8S_CONTAINER:-$deployment}
 namespace=${K8S_NAMESPACE:-default}
