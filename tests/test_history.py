@@ -456,32 +456,80 @@ def test_bytes_git_stored_differently_are_never_pushed(
     assert history_tip(remote) == tip
 
 
-def test_credentials_in_the_remote_url_are_never_shown(work: Path) -> None:
-    url = "http://user:SECRET@127.0.0.1:1/x.git"
-    result = record(work, remote=url, attempts="2", backoff="0")
+# Passwords as written in the URL, and as git must send them: the halves around the special
+# character must never show anywhere but in the header.
+PASSWORDS = {
+    "slash": ("k9Qz/Wv4X", "k9Qz/Wv4X"),
+    "at": ("k9Qz@Wv4X", "k9Qz@Wv4X"),
+    "colon": ("k9Qz:Wv4X", "k9Qz:Wv4X"),
+    "percent-encoded-slash": ("k9Qz%2FWv4X", "k9Qz/Wv4X"),
+    "query-fragment-percent": ("k9Qz#?%Wv4X", "k9Qz#?%Wv4X"),
+}
+
+
+def assert_no_secret(text: str) -> None:
+    assert "k9Qz" not in text and "Wv4X" not in text, text
+
+
+@pytest.mark.parametrize("password", [raw for raw, _ in PASSWORDS.values()], ids=list(PASSWORDS))
+@pytest.mark.parametrize("given", ["option", "environment"])
+def test_credentials_in_the_remote_url_are_never_shown(
+    work: Path, password: str, given: str
+) -> None:
+    url = f"http://user:{password}@127.0.0.1:1/x.git"
+    if given == "option":
+        result = record(work, remote=url, attempts="2", backoff="0")
+    else:
+        env = {"DEPLOYMENT_HISTORY_REMOTE": url}
+        result = record(work, env=env, attempts="2", backoff="0")
     assert result.returncode == 1
-    assert "SECRET" not in result.stdout + result.stderr
+    assert_no_secret(result.stdout + result.stderr)
     last = result.stderr.splitlines()[-1]
-    assert last.startswith(ERROR) and "http://***@127.0.0.1:1/x.git" in last
+    assert last.startswith(ERROR) and "http://***@127.0.0.1:1/x.git" in last, last
 
 
+@pytest.mark.parametrize(("password", "sent"), PASSWORDS.values(), ids=list(PASSWORDS))
 def test_credentials_travel_as_a_header_never_on_gits_command_line(
-    work: Path, tmp_path: Path, loopback: list[Loopback]
+    work: Path, tmp_path: Path, loopback: list[Loopback], password: str, sent: str
 ) -> None:
     server = Loopback(answer(404, b"no"))
     loopback.append(server)
     port = server.url.rsplit(":", 1)[1]
     env = fake_git(tmp_path / "logging-git", 'printf "%s\\n" "$*" >> "$LOG"')
-    url = f"http://deployer:SECRET%2Fpw@127.0.0.1:{port}/history.git"
-    result = record(work, remote=url, attempts="1", env=env)
+    env["DEPLOYMENT_HISTORY_REMOTE"] = f"http://deployer:{password}@127.0.0.1:{port}/history.git"
+    result = record(work, attempts="1", env=env)
     assert result.returncode == 1
-    assert "SECRET" not in result.stdout + result.stderr
+    assert_no_secret(result.stdout + result.stderr)
     argv_log = (tmp_path / "logging-git" / "git.log").read_text()
-    assert "ls-remote" in argv_log
-    assert "SECRET" not in argv_log and "deployer" not in argv_log
-    expected = "Basic " + base64.b64encode(b"deployer:SECRET/pw").decode()
+    assert f"ls-remote --exit-code --heads -- http://127.0.0.1:{port}/history.git" in argv_log
+    assert_no_secret(argv_log)
+    assert "deployer" not in argv_log
+    expected = "Basic " + base64.b64encode(f"deployer:{sent}".encode()).decode()
     assert server.requests, "git never reached the server"
     assert {r.headers.get("authorization") for r in server.requests} == {expected}
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://u:k9Qz@s/Wv4X@h/x.git", "read two ways; percent-encode"),
+        ("https://u:k9Qz/Wv4X@/x.git", "read without a host after them"),
+        ("ssh://u:k9Qz/Wv4X@h/x.git", "works only over http(s)"),
+        ("http://u:k9Qz/Wv4X@h/x\x1b]0;x.git", "invalid history remote"),
+    ],
+    ids=["ambiguous", "no-host", "password-over-ssh", "control-character"],
+)
+def test_remote_credentials_that_cannot_be_placed_are_refused_unshown(
+    work: Path, remote: Path, tmp_path: Path, url: str, message: str
+) -> None:
+    env = fake_git(tmp_path / "logging-git", 'printf "%s\\n" "$*" >> "$LOG"')
+    env["DEPLOYMENT_HISTORY_REMOTE"] = url
+    result = with_history("--", "list", cwd=work, env=env)
+    assert result.returncode == 2
+    assert message in one_error_line(result)
+    assert_no_secret(result.stdout + result.stderr)
+    log = tmp_path / "logging-git" / "git.log"
+    assert not log.exists() or "ls-remote" not in log.read_text()
 
 
 def test_the_token_travels_as_a_header_in_the_environment(

@@ -14,6 +14,9 @@ tracker only through its command line (`deployment-tracker --db FILE ARGS...`). 
 only, Python 3.9+, so any runner's python3 can run it.
 
 Usage: deployment_history.py [OPTIONS] -- TRACKER-SUBCOMMAND ARGS...
+Credentials: an http(s) remote URL may hold them (raw or percent-encoded); they travel only as
+       an http.extraheader in git's environment. Give such a URL in $DEPLOYMENT_HISTORY_REMOTE,
+       not --remote: our own command line shows in the process list.
 Exit:  the tracker command's own exit code, stdout, stderr and $GITHUB_OUTPUT lines (of the final
        attempt); 1 for an operational error of ours, 2 for a usage error (one line on stderr).
 
@@ -105,12 +108,19 @@ class GitFailure(HistoryError):
 # --------------------------------------------------------------------------
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s]*@")
+# Up to the last '@' of a word: a password may hold raw '/', '@', ':', '#' or '?'.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)\S*@")
+# The remote's credentials (as given and decoded), blanked wherever they would show.
+_SECRETS: list[str] = []
+SHORTEST_SECRET = 4  # shorter ones can't be told from ordinary text (they never leave git's header)
 
 
 def _shown(text: str) -> str:
     """Text fit for a log line: URL credentials redacted, control characters blanked."""
-    return _CONTROL.sub(" ", _USERINFO.sub(r"\1***@", text))
+    text = _USERINFO.sub(r"\1***@", text)
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    return _CONTROL.sub(" ", text)
 
 
 def _say(text: str) -> None:
@@ -128,18 +138,64 @@ class Remote(NamedTuple):
     header: Optional[tuple[str, str]]  # (URL prefix, Authorization header) from the userinfo
 
 
+_SCHEME = re.compile(r"(?i)([a-z][a-z0-9+.-]*)://")
+# A host (an IP literal or a registered name) and its port, ending the authority.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)(:[0-9]*)?(?=[/?#]|\Z)")
+_PATH_START = re.compile(r"[/?#]")
+
+
+def _looks_like_userinfo(text: str) -> bool:
+    """No '/', '?' or '#' before a ':' (those end the host): 'user:pa/ss' is, 'host/a' is not."""
+    special = _PATH_START.search(text)
+    return special is None or ":" in text[: special.start()]
+
+
+def _split_credentials(value: str) -> Optional[tuple[str, str, str, str]]:
+    """(scheme, userinfo, host, the rest) of a URL with credentials; None for one without.
+
+    Credentials may be percent-encoded or raw: the userinfo ends at the one '@' followed by a
+    host that ends the authority. A URL that can be read two ways is refused.
+    """
+    scheme = _SCHEME.match(value)
+    if scheme is None:
+        return None
+    start = scheme.end()
+    ats = [at for at in range(start, len(value)) if value[at] == "@"]
+    candidates = [at for at in ats if _looks_like_userinfo(value[start:at])]
+    if not candidates:
+        return None
+    readings = [(at, host) for at in candidates if (host := _HOST.match(value, at + 1))]
+    if len(readings) != 1:
+        how = "two ways" if readings else "without a host after them"
+        raise UsageError(
+            f"the credentials in the history remote {scheme.group(1)}://*** read {how};"
+            " percent-encode their '@', '/', ':', '?' and '#' (%40, %2F, %3A, %3F, %23)"
+        )
+    at, host = readings[0]
+    return scheme.group(1).lower(), value[start:at], host.group(), value[host.end() :]
+
+
 def _parse_remote(value: str) -> Remote:
-    if not value.strip() or value.startswith("-") or _CONTROL.search(value):
-        raise UsageError(f"invalid history remote: '{_shown(value)}'")
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https") or "@" not in parts.netloc:
+    split = _split_credentials(value) if value.strip() else None
+    if split is None:
+        if not value.strip() or value.startswith("-") or _CONTROL.search(value):
+            raise UsageError(f"invalid history remote: '{_shown(value)}'")
         return Remote(value, value, None)
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
+    scheme, userinfo, host, rest = split
+    user, colon, password = userinfo.partition(":")
+    shown = f"{scheme}://***@{host}{rest}"
+    if _CONTROL.search(value):
+        raise UsageError(f"invalid history remote: '{_shown(shown)}'")
+    if scheme not in ("http", "https"):
+        if colon:
+            raise UsageError(f"a password in the history remote {shown} works only over http(s)")
+        return Remote(value, value, None)  # ssh://git@host/...: a user name, no secret
+    secrets = [userinfo, password, urllib.parse.unquote(password)] if colon else [userinfo]
+    _SECRETS.extend(s for s in secrets if len(s) >= SHORTEST_SECRET and s not in _SECRETS)
     pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
     basic = base64.b64encode(pair.encode("utf-8")).decode("ascii")
-    header = (f"{parts.scheme}://{host}/", f"Authorization: Basic {basic}")
-    return Remote(urllib.parse.urlunsplit(parts._replace(netloc=host)), _shown(value), header)
+    header = (f"{scheme}://{host}/", f"Authorization: Basic {basic}")
+    return Remote(f"{scheme}://{host}{rest}", shown, header)
 
 
 def _add_git_config(env: dict[str, str], key: str, value: str) -> None:
@@ -155,7 +211,7 @@ def _add_git_config(env: dict[str, str], key: str, value: str) -> None:
 
 def _git_environment(remote: Remote) -> dict[str, str]:
     """No prompts; credentials (URL userinfo, else the token) as a header in the environment."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != REMOTE_ENV}  # it may hold credentials
     env["GIT_TERMINAL_PROMPT"] = "0"
     token = env.pop(TOKEN_ENV, "")
     if remote.header is not None:
@@ -373,7 +429,7 @@ def _tracker_command(option: Optional[str]) -> list[str]:
 def _run_tracker(
     tracker: Sequence[str], args: Sequence[str], db_path: str, github_output: Optional[str]
 ) -> Completed:
-    env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, TRACKER_DB_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, REMOTE_ENV, TRACKER_DB_ENV)}
     env.pop("GITHUB_OUTPUT", None)
     if github_output is not None:
         env["GITHUB_OUTPUT"] = github_output
@@ -507,7 +563,8 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     add = parser.add_argument
-    add("--remote", default=os.environ.get(REMOTE_ENV) or DEFAULT_REMOTE, help="name, URL or path")
+    remote_help = f"name, URL or path (one with credentials: in ${REMOTE_ENV})"
+    add("--remote", default=os.environ.get(REMOTE_ENV) or DEFAULT_REMOTE, help=remote_help)
     add("--branch", default=os.environ.get(BRANCH_ENV) or DEFAULT_BRANCH, help="history branch")
     add("--repo", default=".", help="local git repository to work from (default: .)")
     add("--attempts", type=_number_in(int, 1, 100), default=DEFAULT_ATTEMPTS)
