@@ -601,3 +601,65 @@ def test_a_tracker_database_with_an_extra_trigger_is_refused_and_nothing_pushed(
     assert result.returncode == 1
     assert "does not have exactly the schema" in result.stderr
     assert history_tip(remote) == tip
+
+
+# --------------------------------------------------------------------------
+# Crafted databases (issue 17): checked before anything uses them
+# --------------------------------------------------------------------------
+
+INDEX = "deployments_by_environment_status"  # what rollback-target's query walks
+
+
+def stale_index_database(path: Path) -> tuple[str, str]:
+    """A tracker database, schema text exact, whose INDEX still lists the latest verified
+    deployment as verified after its row became failed: (the right target, the wrong one)."""
+    good, bad, running = "main_a1b2c3d_20260101100000", ID_B, "main_c1b2c3d_20260101120000"
+    for deployment_id, sha in ((good, SHA_A), (bad, SHA_B), (running, "c" + SHA_A[1:])):
+        branch = deployment_id.rsplit("_", 2)[0]
+        args = ["record", "-e", "staging", "-b", branch, "-c", sha, "--id", deployment_id]
+        assert tracker("--db", str(path), *args, cwd=path.parent).returncode == 0
+        if deployment_id != running:
+            verify = ["verify", deployment_id, "--status", "verified"]
+            assert tracker("--db", str(path), *verify, cwd=path.parent).returncode == 0
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = DELETE")
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = ?", (INDEX,)).fetchone()
+    # For one update, the index is partial with a false condition: SQLite leaves its entry alone.
+    db.execute("PRAGMA writable_schema = ON")
+    db.execute("UPDATE sqlite_master SET sql = ? WHERE name = ?", (f"{sql} WHERE 0", INDEX))
+    db.close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("UPDATE deployments SET status = 'failed' WHERE id = ?", (bad,))
+    db.execute("PRAGMA writable_schema = ON")
+    db.execute("UPDATE sqlite_master SET sql = ? WHERE name = ?", (sql, INDEX))
+    db.close()
+    return good, bad
+
+
+def test_an_index_that_disagrees_with_its_table_is_refused(
+    work: Path, remote: Path, tmp_path: Path
+) -> None:
+    crafted = tmp_path / "crafted" / "deployments.db"
+    crafted.parent.mkdir()
+    good, bad = stale_index_database(crafted)
+    # The tracker alone is fooled: its schema check passes and the stale index answers.
+    target = ["rollback-target", "-e", "staging", "--field", "id"]
+    fooled = tracker("--db", str(crafted), *target, cwd=tmp_path)
+    assert (fooled.returncode, fooled.stdout.strip()) == (0, bad), fooled.stderr
+    assert integrity(crafted) != "ok"
+    tip = put_history_file(remote, crafted.read_bytes())
+    for args in (
+        target,
+        ["record", "-e", "qa", "-b", "x", "-c", SHA_A],
+    ):
+        result = with_history("--", *args, cwd=work)
+        assert (result.returncode, result.stdout) == (1, ""), (args, result.stdout)
+        line = one_error_line(result)
+        assert "failed its integrity check" in line and INDEX in line, line
+    assert history_tip(remote) == tip
+    # The right answer, once the indexes are rebuilt from the table.
+    repaired = sqlite3.connect(crafted, isolation_level=None)
+    repaired.execute("REINDEX")
+    repaired.close()
+    right = tracker("--db", str(crafted), *target, cwd=tmp_path)
+    assert (right.returncode, right.stdout.strip()) == (0, good), right.stderr

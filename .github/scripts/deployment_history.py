@@ -18,7 +18,8 @@ Credentials: an http(s) remote URL may hold them (raw or percent-encoded); they 
        an http.extraheader in git's environment. Give such a URL in $DEPLOYMENT_HISTORY_REMOTE,
        not --remote: our own command line shows in the process list.
 Exit:  the tracker command's own exit code, stdout, stderr and $GITHUB_OUTPUT lines (of the final
-       attempt); 1 for an operational error of ours, 2 for a usage error (one line on stderr).
+       attempt); 1 for an operational error of ours or a history database refused (corrupt,
+       an index that disagrees with its table), 2 for a usage error (one line on stderr).
 
 Sections: settings and errors | messages | remote and credentials | git | the database file |
 the tracker | attempts | command line
@@ -370,20 +371,29 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def _make_self_contained(path: str) -> None:
-    """Checkpoint the WAL into the file and leave it in rollback-journal mode."""
+def _make_self_contained(path: str, *, fetched: bool) -> None:
+    """Checkpoint the WAL into the file and leave it in rollback-journal mode, checked.
+
+    A fetched file gets integrity_check, which also matches every index with its table: an
+    index that disagrees with its table changes what queries through it answer (quick_check
+    misses that). After the tracker's own write to a checked file, quick_check is enough.
+    """
+    check = "integrity_check(1)" if fetched else "quick_check(1)"
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA trusted_schema = OFF")  # a crafted schema's functions never run here
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("PRAGMA journal_mode = DELETE")
-        result = db.execute("PRAGMA quick_check").fetchone()[0]
+        result = str(db.execute(f"PRAGMA {check}").fetchone()[0])
     except sqlite3.Error as error:
         raise HistoryError(f"history database cannot be checkpointed: {error}") from None
     finally:
         db.close()
     if result != "ok":
-        raise HistoryError(f"history database failed its integrity check: {result}")
+        raise HistoryError(
+            f"history database failed its integrity check ({result}); refusing to use it"
+            " (restore the history branch to an earlier commit)"
+        )
     for suffix in ("-wal", "-shm", "-journal"):
         Path(path + suffix).unlink(missing_ok=True)
 
@@ -487,14 +497,14 @@ def _attempt(s: Settings, git: Git, shallow: bool, scratch: str, target: Optiona
     if not present and s.command[0] in READ_COMMANDS:
         raise HistoryError(f"no deployment history yet: {s.remote.shown} has no branch {s.branch}")
     if present:
-        _make_self_contained(db_path)
+        _make_self_contained(db_path, fetched=True)
     before = _content_digest(db_path)
     result = _run_tracker(s.tracker, s.command, db_path, github_output)
     if result.returncode != 0:
         _pass_on(result, None, None)
         return result.returncode
     if os.path.exists(db_path):
-        _make_self_contained(db_path)
+        _make_self_contained(db_path, fetched=False)
     after = _content_digest(db_path)
     if after is not None and after != before:
         commit = _commit(git, db_path, tip, _commit_message(s.command))
