@@ -599,7 +599,7 @@ def test_a_tracker_database_with_an_extra_trigger_is_refused_and_nothing_pushed(
     tip = put_history_file(remote, sqlite_bytes(db, trigger))
     result = record(work, "--id", ID_B, sha=SHA_B)
     assert result.returncode == 1
-    assert "does not have exactly the schema" in result.stderr
+    assert "unexpected trigger 'tamper'" in one_error_line(result)
     assert history_tip(remote) == tip
 
 
@@ -663,3 +663,76 @@ def test_an_index_that_disagrees_with_its_table_is_refused(
     repaired.close()
     right = tracker("--db", str(crafted), *target, cwd=tmp_path)
     assert (right.returncode, right.stdout.strip()) == (0, good), right.stderr
+
+
+# Each would run its SQL if anything used the file before its schema was checked: the CHECK
+# overflows (quick_check evaluated it), the view never ends, the trigger rewrites every row.
+CRAFTED_OBJECTS = {
+    "table": (
+        "loot",
+        [
+            "CREATE TABLE loot (a INTEGER, CHECK (abs(a) > 0))",
+            "PRAGMA ignore_check_constraints = ON",
+            "INSERT INTO loot VALUES (-9223372036854775808)",
+        ],
+    ),
+    "view": (
+        "spin",
+        [
+            "CREATE VIEW spin AS WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r)"
+            " SELECT count(*) FROM r"
+        ],
+    ),
+    "trigger": (
+        "rewrite",
+        [
+            "CREATE TRIGGER rewrite AFTER UPDATE ON deployments"
+            " BEGIN UPDATE deployments SET image_tag = 'evil'; END"
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(CRAFTED_OBJECTS))
+def test_an_unexpected_object_is_refused_by_name_before_any_sql_runs(
+    work: Path, remote: Path, tmp_path: Path, kind: str
+) -> None:
+    assert record_a(work).returncode == 0
+    name, statements = CRAFTED_OBJECTS[kind]
+    db = history_db(remote, tmp_path / "crafted.db")
+    tip = put_history_file(remote, sqlite_bytes(db, *statements))
+    for args in (["list"], ["verify", "--id", ID_A, "--status", "verified"]):
+        result = with_history("--", *args, cwd=work)
+        assert (result.returncode, result.stdout) == (1, ""), result.stderr
+        line = one_error_line(result)
+        assert f"holds an unexpected {kind} '{name}'" in line, line
+        assert "overflow" not in line  # the crafted CHECK never ran
+    assert history_tip(remote) == tip
+
+
+def test_work_on_a_crafted_file_stops_at_the_deadline(
+    work: Path, remote: Path, tmp_path: Path
+) -> None:
+    """A table under one of the tracker's names whose CHECK costs milliseconds a row: checking
+    its 200,000 rows would take minutes (the tracker would refuse it, but only afterwards)."""
+    assert record_a(work).returncode == 0
+    db = history_db(remote, tmp_path / "slow.db")
+    slow = (
+        "CREATE TABLE prunes (seq INTEGER PRIMARY KEY, x INTEGER,"
+        " CHECK (length(hex(zeroblob(1000000 + x))) > 0))"
+    )
+    fill = (
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 200000)"
+        " INSERT INTO prunes (x) SELECT n FROM r"
+    )
+    crafted = sqlite_bytes(
+        db, "DROP TABLE prunes", slow, "PRAGMA ignore_check_constraints = ON", fill
+    )
+    tip = put_history_file(remote, crafted)
+    env = {"DEPLOYMENT_HISTORY_SQL_DEADLINE": "0.5"}
+    result = with_history("--", "list", cwd=work, env=env, timeout=60)
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    assert "took over 0.5 s to be checked (DEPLOYMENT_HISTORY_SQL_DEADLINE)" in one_error_line(
+        result
+    )
+    assert history_tip(remote) == tip

@@ -8,6 +8,9 @@ copy of the file, checkpoints it and pushes a commit whose parent is the tip it 
 rejected push (the branch moved on) is never forced: the whole operation is redone on the newer tip
 after a randomised exponential backoff. Only git plumbing is used; the work tree, the index and
 HEAD are never touched. The file is stored and read byte for byte (no .gitattributes filters).
+A fetched file is untrusted: its schema is checked (only the tracker's tables and indexes) before
+any statement runs on it, then integrity_check, all under a deadline
+($DEPLOYMENT_HISTORY_SQL_DEADLINE, 120 s).
 
 It lives with the workflow, not in the tracker: it talks to git for the workflow and drives the
 tracker only through its command line (`deployment-tracker --db FILE ARGS...`). Standard library
@@ -67,6 +70,31 @@ DEFAULT_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 8.0
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 CHUNK = 1024 * 1024
+# Work on a fetched (untrusted) file is interrupted past this deadline, per connection.
+SQL_DEADLINE_ENV = "DEPLOYMENT_HISTORY_SQL_DEADLINE"
+DEFAULT_SQL_DEADLINE_SECONDS = 120.0
+# What the tracker's migrations (any version) put in sqlite_master: tables, and each index
+# with its table. No views and no triggers: anything else is refused before any SQL runs.
+EXPECTED_TABLES = frozenset({"deployments", "events", "prunes"})
+EXPECTED_INDEXES = {
+    **dict.fromkeys(
+        [
+            "sqlite_autoindex_deployments_1",
+            "deployments_by_branch",
+            "deployments_by_branch_status",
+            "deployments_by_commit",
+            "deployments_by_environment",
+            "deployments_by_environment_branch",
+            "deployments_by_environment_branch_status",
+            "deployments_by_environment_image",
+            "deployments_by_environment_status",
+            "deployments_by_status",
+            "verified_deployments_by_image",
+        ],
+        "deployments",
+    ),
+    "events_by_deployment": "events",
+}
 # Commands that only read: they never push, and need the branch to exist.
 READ_COMMANDS = frozenset(
     {"list", "latest", "get", "rollback-target", "promote", "stats", "timeline"}
@@ -371,22 +399,66 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def _make_self_contained(path: str, *, fetched: bool) -> None:
+def _open(path: str, deadline: float, *, read_only: bool = False) -> sqlite3.Connection:
+    """A connection whose statements stop `deadline` seconds after it opened; no schema
+    function (views, triggers, defaults) may call a non-innocuous function."""
+    location = Path(path).resolve().as_uri() + ("?mode=ro" if read_only else "")
+    db = sqlite3.connect(location, uri=True, isolation_level=None)
+    limit = time.monotonic() + deadline
+    db.set_progress_handler(lambda: int(time.monotonic() > limit), 10_000)
+    db.execute("PRAGMA trusted_schema = OFF")
+    return db
+
+
+def _refused(step: str, error: sqlite3.Error, deadline: float) -> HistoryError:
+    if "interrupted" in str(error):
+        return HistoryError(
+            f"the history database took over {deadline:g} s to be {step} ({SQL_DEADLINE_ENV});"
+            " refusing to use it"
+        )
+    return HistoryError(f"the history database cannot be {step}: {error}")
+
+
+def _check_schema(db: sqlite3.Connection) -> None:
+    """Only the tables and indexes the tracker makes: a view, a trigger or any other object
+    of a crafted file is refused by name before any statement could run its SQL."""
+    rows = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid")
+    for kind, name, table, sql in rows:
+        expected = (
+            name in EXPECTED_TABLES and table == name and str(sql).startswith("CREATE TABLE ")
+            if kind == "table"
+            else kind == "index" and EXPECTED_INDEXES.get(name) == table
+        )
+        if not expected:
+            shown = _shown(str(name))
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise HistoryError(
+                f"history database holds an unexpected {_shown(str(kind))} '{shown}'"
+                " (not one of the tracker's tables or indexes); refusing to use it"
+            )
+
+
+def _make_self_contained(path: str, deadline: float, *, fetched: bool) -> None:
     """Checkpoint the WAL into the file and leave it in rollback-journal mode, checked.
 
-    A fetched file gets integrity_check, which also matches every index with its table: an
-    index that disagrees with its table changes what queries through it answer (quick_check
-    misses that). After the tracker's own write to a checked file, quick_check is enough.
+    A fetched file's schema is checked first. It then gets integrity_check, which also
+    matches every index with its table: an index that disagrees with its table changes what
+    queries through it answer (quick_check misses that). After the tracker's own write to a
+    checked file, quick_check is enough.
     """
     check = "integrity_check(1)" if fetched else "quick_check(1)"
-    db = sqlite3.connect(path, isolation_level=None)
     try:
-        db.execute("PRAGMA trusted_schema = OFF")  # a crafted schema's functions never run here
+        db = _open(path, deadline)
+    except sqlite3.Error as error:
+        raise _refused("opened", error, deadline) from None
+    try:
+        if fetched:
+            _check_schema(db)
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("PRAGMA journal_mode = DELETE")
         result = str(db.execute(f"PRAGMA {check}").fetchone()[0])
     except sqlite3.Error as error:
-        raise HistoryError(f"history database cannot be checkpointed: {error}") from None
+        raise _refused("checked", error, deadline) from None
     finally:
         db.close()
     if result != "ok":
@@ -398,20 +470,22 @@ def _make_self_contained(path: str, *, fetched: bool) -> None:
         Path(path + suffix).unlink(missing_ok=True)
 
 
-def _content_digest(path: str) -> Optional[str]:
+def _content_digest(path: str, deadline: float) -> Optional[str]:
     """A digest of the database's content (not its bytes); None when there is no file."""
     if not os.path.exists(path):
         return None
     digest = hashlib.sha256()
-    db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        db.execute("PRAGMA trusted_schema = OFF")
+        db = _open(path, deadline, read_only=True)
+    except sqlite3.Error as error:
+        raise _refused("read", error, deadline) from None
+    try:
         for pragma in ("user_version", "application_id"):
             digest.update(f"{pragma}={db.execute(f'PRAGMA {pragma}').fetchone()[0]}\n".encode())
         for statement in db.iterdump():
             digest.update(statement.encode("utf-8", "surrogatepass") + b"\n")
     except sqlite3.Error as error:
-        raise HistoryError(f"history database is unreadable: {error}") from None
+        raise _refused("read", error, deadline) from None
     finally:
         db.close()
     return digest.hexdigest()
@@ -485,6 +559,7 @@ class Settings(NamedTuple):
     backoff: float
     tracker: list[str]
     max_bytes: int
+    deadline: float
     command: list[str]
 
 
@@ -497,15 +572,15 @@ def _attempt(s: Settings, git: Git, shallow: bool, scratch: str, target: Optiona
     if not present and s.command[0] in READ_COMMANDS:
         raise HistoryError(f"no deployment history yet: {s.remote.shown} has no branch {s.branch}")
     if present:
-        _make_self_contained(db_path, fetched=True)
-    before = _content_digest(db_path)
+        _make_self_contained(db_path, s.deadline, fetched=True)
+    before = _content_digest(db_path, s.deadline)
     result = _run_tracker(s.tracker, s.command, db_path, github_output)
     if result.returncode != 0:
         _pass_on(result, None, None)
         return result.returncode
     if os.path.exists(db_path):
-        _make_self_contained(db_path, fetched=False)
-    after = _content_digest(db_path)
+        _make_self_contained(db_path, s.deadline, fetched=False)
+    after = _content_digest(db_path, s.deadline)
     if after is not None and after != before:
         commit = _commit(git, db_path, tip, _commit_message(s.command))
         _push(git, s.remote, s.branch, commit)
@@ -603,6 +678,16 @@ def _max_bytes() -> int:
     return int(text)
 
 
+def _sql_deadline() -> float:
+    text = os.environ.get(SQL_DEADLINE_ENV, "").strip()
+    if not text:
+        return DEFAULT_SQL_DEADLINE_SECONDS
+    try:
+        return float(_number_in(float, 0.001, 3600)(text))
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"{SQL_DEADLINE_ENV} must be seconds: {_shown(str(error))}") from None
+
+
 def _settings(argv: list[str]) -> Settings:
     if "--" in argv:
         split = argv.index("--")
@@ -623,6 +708,7 @@ def _settings(argv: list[str]) -> Settings:
         backoff=float(options.backoff),
         tracker=_tracker_command(options.tracker),
         max_bytes=_max_bytes(),
+        deadline=_sql_deadline(),
         command=command,
     )
 
