@@ -456,32 +456,80 @@ def test_bytes_git_stored_differently_are_never_pushed(
     assert history_tip(remote) == tip
 
 
-def test_credentials_in_the_remote_url_are_never_shown(work: Path) -> None:
-    url = "http://user:SECRET@127.0.0.1:1/x.git"
-    result = record(work, remote=url, attempts="2", backoff="0")
+# Passwords as written in the URL, and as git must send them: the halves around the special
+# character must never show anywhere but in the header.
+PASSWORDS = {
+    "slash": ("k9Qz/Wv4X", "k9Qz/Wv4X"),
+    "at": ("k9Qz@Wv4X", "k9Qz@Wv4X"),
+    "colon": ("k9Qz:Wv4X", "k9Qz:Wv4X"),
+    "percent-encoded-slash": ("k9Qz%2FWv4X", "k9Qz/Wv4X"),
+    "query-fragment-percent": ("k9Qz#?%Wv4X", "k9Qz#?%Wv4X"),
+}
+
+
+def assert_no_secret(text: str) -> None:
+    assert "k9Qz" not in text and "Wv4X" not in text, text
+
+
+@pytest.mark.parametrize("password", [raw for raw, _ in PASSWORDS.values()], ids=list(PASSWORDS))
+@pytest.mark.parametrize("given", ["option", "environment"])
+def test_credentials_in_the_remote_url_are_never_shown(
+    work: Path, password: str, given: str
+) -> None:
+    url = f"http://user:{password}@127.0.0.1:1/x.git"
+    if given == "option":
+        result = record(work, remote=url, attempts="2", backoff="0")
+    else:
+        env = {"DEPLOYMENT_HISTORY_REMOTE": url}
+        result = record(work, env=env, attempts="2", backoff="0")
     assert result.returncode == 1
-    assert "SECRET" not in result.stdout + result.stderr
+    assert_no_secret(result.stdout + result.stderr)
     last = result.stderr.splitlines()[-1]
-    assert last.startswith(ERROR) and "http://***@127.0.0.1:1/x.git" in last
+    assert last.startswith(ERROR) and "http://***@127.0.0.1:1/x.git" in last, last
 
 
+@pytest.mark.parametrize(("password", "sent"), PASSWORDS.values(), ids=list(PASSWORDS))
 def test_credentials_travel_as_a_header_never_on_gits_command_line(
-    work: Path, tmp_path: Path, loopback: list[Loopback]
+    work: Path, tmp_path: Path, loopback: list[Loopback], password: str, sent: str
 ) -> None:
     server = Loopback(answer(404, b"no"))
     loopback.append(server)
     port = server.url.rsplit(":", 1)[1]
     env = fake_git(tmp_path / "logging-git", 'printf "%s\\n" "$*" >> "$LOG"')
-    url = f"http://deployer:SECRET%2Fpw@127.0.0.1:{port}/history.git"
-    result = record(work, remote=url, attempts="1", env=env)
+    env["DEPLOYMENT_HISTORY_REMOTE"] = f"http://deployer:{password}@127.0.0.1:{port}/history.git"
+    result = record(work, attempts="1", env=env)
     assert result.returncode == 1
-    assert "SECRET" not in result.stdout + result.stderr
+    assert_no_secret(result.stdout + result.stderr)
     argv_log = (tmp_path / "logging-git" / "git.log").read_text()
-    assert "ls-remote" in argv_log
-    assert "SECRET" not in argv_log and "deployer" not in argv_log
-    expected = "Basic " + base64.b64encode(b"deployer:SECRET/pw").decode()
+    assert f"ls-remote --exit-code --heads -- http://127.0.0.1:{port}/history.git" in argv_log
+    assert_no_secret(argv_log)
+    assert "deployer" not in argv_log
+    expected = "Basic " + base64.b64encode(f"deployer:{sent}".encode()).decode()
     assert server.requests, "git never reached the server"
     assert {r.headers.get("authorization") for r in server.requests} == {expected}
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://u:k9Qz@s/Wv4X@h/x.git", "read two ways; percent-encode"),
+        ("https://u:k9Qz/Wv4X@/x.git", "read without a host after them"),
+        ("ssh://u:k9Qz/Wv4X@h/x.git", "works only over http(s)"),
+        ("http://u:k9Qz/Wv4X@h/x\x1b]0;x.git", "invalid history remote"),
+    ],
+    ids=["ambiguous", "no-host", "password-over-ssh", "control-character"],
+)
+def test_remote_credentials_that_cannot_be_placed_are_refused_unshown(
+    work: Path, remote: Path, tmp_path: Path, url: str, message: str
+) -> None:
+    env = fake_git(tmp_path / "logging-git", 'printf "%s\\n" "$*" >> "$LOG"')
+    env["DEPLOYMENT_HISTORY_REMOTE"] = url
+    result = with_history("--", "list", cwd=work, env=env)
+    assert result.returncode == 2
+    assert message in one_error_line(result)
+    assert_no_secret(result.stdout + result.stderr)
+    log = tmp_path / "logging-git" / "git.log"
+    assert not log.exists() or "ls-remote" not in log.read_text()
 
 
 def test_the_token_travels_as_a_header_in_the_environment(
@@ -551,5 +599,140 @@ def test_a_tracker_database_with_an_extra_trigger_is_refused_and_nothing_pushed(
     tip = put_history_file(remote, sqlite_bytes(db, trigger))
     result = record(work, "--id", ID_B, sha=SHA_B)
     assert result.returncode == 1
-    assert "does not have exactly the schema" in result.stderr
+    assert "unexpected trigger 'tamper'" in one_error_line(result)
+    assert history_tip(remote) == tip
+
+
+# --------------------------------------------------------------------------
+# Crafted databases (issue 17): checked before anything uses them
+# --------------------------------------------------------------------------
+
+INDEX = "deployments_by_environment_status"  # what rollback-target's query walks
+
+
+def stale_index_database(path: Path) -> tuple[str, str]:
+    """A tracker database, schema text exact, whose INDEX still lists the latest verified
+    deployment as verified after its row became failed: (the right target, the wrong one)."""
+    good, bad, running = "main_a1b2c3d_20260101100000", ID_B, "main_c1b2c3d_20260101120000"
+    for deployment_id, sha in ((good, SHA_A), (bad, SHA_B), (running, "c" + SHA_A[1:])):
+        branch = deployment_id.rsplit("_", 2)[0]
+        args = ["record", "-e", "staging", "-b", branch, "-c", sha, "--id", deployment_id]
+        assert tracker("--db", str(path), *args, cwd=path.parent).returncode == 0
+        if deployment_id != running:
+            verify = ["verify", deployment_id, "--status", "verified"]
+            assert tracker("--db", str(path), *verify, cwd=path.parent).returncode == 0
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = DELETE")
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = ?", (INDEX,)).fetchone()
+    # For one update, the index is partial with a false condition: SQLite leaves its entry alone.
+    db.execute("PRAGMA writable_schema = ON")
+    db.execute("UPDATE sqlite_master SET sql = ? WHERE name = ?", (f"{sql} WHERE 0", INDEX))
+    db.close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("UPDATE deployments SET status = 'failed' WHERE id = ?", (bad,))
+    db.execute("PRAGMA writable_schema = ON")
+    db.execute("UPDATE sqlite_master SET sql = ? WHERE name = ?", (sql, INDEX))
+    db.close()
+    return good, bad
+
+
+def test_an_index_that_disagrees_with_its_table_is_refused(
+    work: Path, remote: Path, tmp_path: Path
+) -> None:
+    crafted = tmp_path / "crafted" / "deployments.db"
+    crafted.parent.mkdir()
+    good, bad = stale_index_database(crafted)
+    # The tracker alone is fooled: its schema check passes and the stale index answers.
+    target = ["rollback-target", "-e", "staging", "--field", "id"]
+    fooled = tracker("--db", str(crafted), *target, cwd=tmp_path)
+    assert (fooled.returncode, fooled.stdout.strip()) == (0, bad), fooled.stderr
+    assert integrity(crafted) != "ok"
+    tip = put_history_file(remote, crafted.read_bytes())
+    for args in (
+        target,
+        ["record", "-e", "qa", "-b", "x", "-c", SHA_A],
+    ):
+        result = with_history("--", *args, cwd=work)
+        assert (result.returncode, result.stdout) == (1, ""), (args, result.stdout)
+        line = one_error_line(result)
+        assert "failed its integrity check" in line and INDEX in line, line
+    assert history_tip(remote) == tip
+    # The right answer, once the indexes are rebuilt from the table.
+    repaired = sqlite3.connect(crafted, isolation_level=None)
+    repaired.execute("REINDEX")
+    repaired.close()
+    right = tracker("--db", str(crafted), *target, cwd=tmp_path)
+    assert (right.returncode, right.stdout.strip()) == (0, good), right.stderr
+
+
+# Each would run its SQL if anything used the file before its schema was checked: the CHECK
+# overflows (quick_check evaluated it), the view never ends, the trigger rewrites every row.
+CRAFTED_OBJECTS = {
+    "table": (
+        "loot",
+        [
+            "CREATE TABLE loot (a INTEGER, CHECK (abs(a) > 0))",
+            "PRAGMA ignore_check_constraints = ON",
+            "INSERT INTO loot VALUES (-9223372036854775808)",
+        ],
+    ),
+    "view": (
+        "spin",
+        [
+            "CREATE VIEW spin AS WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r)"
+            " SELECT count(*) FROM r"
+        ],
+    ),
+    "trigger": (
+        "rewrite",
+        [
+            "CREATE TRIGGER rewrite AFTER UPDATE ON deployments"
+            " BEGIN UPDATE deployments SET image_tag = 'evil'; END"
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(CRAFTED_OBJECTS))
+def test_an_unexpected_object_is_refused_by_name_before_any_sql_runs(
+    work: Path, remote: Path, tmp_path: Path, kind: str
+) -> None:
+    assert record_a(work).returncode == 0
+    name, statements = CRAFTED_OBJECTS[kind]
+    db = history_db(remote, tmp_path / "crafted.db")
+    tip = put_history_file(remote, sqlite_bytes(db, *statements))
+    for args in (["list"], ["verify", "--id", ID_A, "--status", "verified"]):
+        result = with_history("--", *args, cwd=work)
+        assert (result.returncode, result.stdout) == (1, ""), result.stderr
+        line = one_error_line(result)
+        assert f"holds an unexpected {kind} '{name}'" in line, line
+        assert "overflow" not in line  # the crafted CHECK never ran
+    assert history_tip(remote) == tip
+
+
+def test_work_on_a_crafted_file_stops_at_the_deadline(
+    work: Path, remote: Path, tmp_path: Path
+) -> None:
+    """A table under one of the tracker's names whose CHECK costs milliseconds a row: checking
+    its 200,000 rows would take minutes (the tracker would refuse it, but only afterwards)."""
+    assert record_a(work).returncode == 0
+    db = history_db(remote, tmp_path / "slow.db")
+    slow = (
+        "CREATE TABLE prunes (seq INTEGER PRIMARY KEY, x INTEGER,"
+        " CHECK (length(hex(zeroblob(1000000 + x))) > 0))"
+    )
+    fill = (
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 200000)"
+        " INSERT INTO prunes (x) SELECT n FROM r"
+    )
+    crafted = sqlite_bytes(
+        db, "DROP TABLE prunes", slow, "PRAGMA ignore_check_constraints = ON", fill
+    )
+    tip = put_history_file(remote, crafted)
+    env = {"DEPLOYMENT_HISTORY_SQL_DEADLINE": "0.5"}
+    result = with_history("--", "list", cwd=work, env=env, timeout=60)
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    assert "took over 0.5 s to be checked (DEPLOYMENT_HISTORY_SQL_DEADLINE)" in one_error_line(
+        result
+    )
     assert history_tip(remote) == tip

@@ -8,14 +8,21 @@ copy of the file, checkpoints it and pushes a commit whose parent is the tip it 
 rejected push (the branch moved on) is never forced: the whole operation is redone on the newer tip
 after a randomised exponential backoff. Only git plumbing is used; the work tree, the index and
 HEAD are never touched. The file is stored and read byte for byte (no .gitattributes filters).
+A fetched file is untrusted: its schema is checked (only the tracker's tables and indexes) before
+any statement runs on it, then integrity_check, all under a deadline
+($DEPLOYMENT_HISTORY_SQL_DEADLINE, 120 s).
 
 It lives with the workflow, not in the tracker: it talks to git for the workflow and drives the
 tracker only through its command line (`deployment-tracker --db FILE ARGS...`). Standard library
 only, Python 3.9+, so any runner's python3 can run it.
 
 Usage: deployment_history.py [OPTIONS] -- TRACKER-SUBCOMMAND ARGS...
+Credentials: an http(s) remote URL may hold them (raw or percent-encoded); they travel only as
+       an http.extraheader in git's environment. Give such a URL in $DEPLOYMENT_HISTORY_REMOTE,
+       not --remote: our own command line shows in the process list.
 Exit:  the tracker command's own exit code, stdout, stderr and $GITHUB_OUTPUT lines (of the final
-       attempt); 1 for an operational error of ours, 2 for a usage error (one line on stderr).
+       attempt); 1 for an operational error of ours or a history database refused (corrupt,
+       an index that disagrees with its table), 2 for a usage error (one line on stderr).
 
 Sections: settings and errors | messages | remote and credentials | git | the database file |
 the tracker | attempts | command line
@@ -63,6 +70,31 @@ DEFAULT_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 8.0
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 CHUNK = 1024 * 1024
+# Work on a fetched (untrusted) file is interrupted past this deadline, per connection.
+SQL_DEADLINE_ENV = "DEPLOYMENT_HISTORY_SQL_DEADLINE"
+DEFAULT_SQL_DEADLINE_SECONDS = 120.0
+# What the tracker's migrations (any version) put in sqlite_master: tables, and each index
+# with its table. No views and no triggers: anything else is refused before any SQL runs.
+EXPECTED_TABLES = frozenset({"deployments", "events", "prunes"})
+EXPECTED_INDEXES = {
+    **dict.fromkeys(
+        [
+            "sqlite_autoindex_deployments_1",
+            "deployments_by_branch",
+            "deployments_by_branch_status",
+            "deployments_by_commit",
+            "deployments_by_environment",
+            "deployments_by_environment_branch",
+            "deployments_by_environment_branch_status",
+            "deployments_by_environment_image",
+            "deployments_by_environment_status",
+            "deployments_by_status",
+            "verified_deployments_by_image",
+        ],
+        "deployments",
+    ),
+    "events_by_deployment": "events",
+}
 # Commands that only read: they never push, and need the branch to exist.
 READ_COMMANDS = frozenset(
     {"list", "latest", "get", "rollback-target", "promote", "stats", "timeline"}
@@ -105,12 +137,19 @@ class GitFailure(HistoryError):
 # --------------------------------------------------------------------------
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s]*@")
+# Up to the last '@' of a word: a password may hold raw '/', '@', ':', '#' or '?'.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)\S*@")
+# The remote's credentials (as given and decoded), blanked wherever they would show.
+_SECRETS: list[str] = []
+SHORTEST_SECRET = 4  # shorter ones can't be told from ordinary text (they never leave git's header)
 
 
 def _shown(text: str) -> str:
     """Text fit for a log line: URL credentials redacted, control characters blanked."""
-    return _CONTROL.sub(" ", _USERINFO.sub(r"\1***@", text))
+    text = _USERINFO.sub(r"\1***@", text)
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    return _CONTROL.sub(" ", text)
 
 
 def _say(text: str) -> None:
@@ -128,18 +167,64 @@ class Remote(NamedTuple):
     header: Optional[tuple[str, str]]  # (URL prefix, Authorization header) from the userinfo
 
 
+_SCHEME = re.compile(r"(?i)([a-z][a-z0-9+.-]*)://")
+# A host (an IP literal or a registered name) and its port, ending the authority.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)(:[0-9]*)?(?=[/?#]|\Z)")
+_PATH_START = re.compile(r"[/?#]")
+
+
+def _looks_like_userinfo(text: str) -> bool:
+    """No '/', '?' or '#' before a ':' (those end the host): 'user:pa/ss' is, 'host/a' is not."""
+    special = _PATH_START.search(text)
+    return special is None or ":" in text[: special.start()]
+
+
+def _split_credentials(value: str) -> Optional[tuple[str, str, str, str]]:
+    """(scheme, userinfo, host, the rest) of a URL with credentials; None for one without.
+
+    Credentials may be percent-encoded or raw: the userinfo ends at the one '@' followed by a
+    host that ends the authority. A URL that can be read two ways is refused.
+    """
+    scheme = _SCHEME.match(value)
+    if scheme is None:
+        return None
+    start = scheme.end()
+    ats = [at for at in range(start, len(value)) if value[at] == "@"]
+    candidates = [at for at in ats if _looks_like_userinfo(value[start:at])]
+    if not candidates:
+        return None
+    readings = [(at, host) for at in candidates if (host := _HOST.match(value, at + 1))]
+    if len(readings) != 1:
+        how = "two ways" if readings else "without a host after them"
+        raise UsageError(
+            f"the credentials in the history remote {scheme.group(1)}://*** read {how};"
+            " percent-encode their '@', '/', ':', '?' and '#' (%40, %2F, %3A, %3F, %23)"
+        )
+    at, host = readings[0]
+    return scheme.group(1).lower(), value[start:at], host.group(), value[host.end() :]
+
+
 def _parse_remote(value: str) -> Remote:
-    if not value.strip() or value.startswith("-") or _CONTROL.search(value):
-        raise UsageError(f"invalid history remote: '{_shown(value)}'")
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https") or "@" not in parts.netloc:
+    split = _split_credentials(value) if value.strip() else None
+    if split is None:
+        if not value.strip() or value.startswith("-") or _CONTROL.search(value):
+            raise UsageError(f"invalid history remote: '{_shown(value)}'")
         return Remote(value, value, None)
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
+    scheme, userinfo, host, rest = split
+    user, colon, password = userinfo.partition(":")
+    shown = f"{scheme}://***@{host}{rest}"
+    if _CONTROL.search(value):
+        raise UsageError(f"invalid history remote: '{_shown(shown)}'")
+    if scheme not in ("http", "https"):
+        if colon:
+            raise UsageError(f"a password in the history remote {shown} works only over http(s)")
+        return Remote(value, value, None)  # ssh://git@host/...: a user name, no secret
+    secrets = [userinfo, password, urllib.parse.unquote(password)] if colon else [userinfo]
+    _SECRETS.extend(s for s in secrets if len(s) >= SHORTEST_SECRET and s not in _SECRETS)
     pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
     basic = base64.b64encode(pair.encode("utf-8")).decode("ascii")
-    header = (f"{parts.scheme}://{host}/", f"Authorization: Basic {basic}")
-    return Remote(urllib.parse.urlunsplit(parts._replace(netloc=host)), _shown(value), header)
+    header = (f"{scheme}://{host}/", f"Authorization: Basic {basic}")
+    return Remote(f"{scheme}://{host}{rest}", shown, header)
 
 
 def _add_git_config(env: dict[str, str], key: str, value: str) -> None:
@@ -155,7 +240,7 @@ def _add_git_config(env: dict[str, str], key: str, value: str) -> None:
 
 def _git_environment(remote: Remote) -> dict[str, str]:
     """No prompts; credentials (URL userinfo, else the token) as a header in the environment."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != REMOTE_ENV}  # it may hold credentials
     env["GIT_TERMINAL_PROMPT"] = "0"
     token = env.pop(TOKEN_ENV, "")
     if remote.header is not None:
@@ -314,38 +399,93 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def _make_self_contained(path: str) -> None:
-    """Checkpoint the WAL into the file and leave it in rollback-journal mode."""
-    db = sqlite3.connect(path, isolation_level=None)
+def _open(path: str, deadline: float, *, read_only: bool = False) -> sqlite3.Connection:
+    """A connection whose statements stop `deadline` seconds after it opened; no schema
+    function (views, triggers, defaults) may call a non-innocuous function."""
+    location = Path(path).resolve().as_uri() + ("?mode=ro" if read_only else "")
+    db = sqlite3.connect(location, uri=True, isolation_level=None)
+    limit = time.monotonic() + deadline
+    db.set_progress_handler(lambda: int(time.monotonic() > limit), 10_000)
+    db.execute("PRAGMA trusted_schema = OFF")
+    return db
+
+
+def _refused(step: str, error: sqlite3.Error, deadline: float) -> HistoryError:
+    if "interrupted" in str(error):
+        return HistoryError(
+            f"the history database took over {deadline:g} s to be {step} ({SQL_DEADLINE_ENV});"
+            " refusing to use it"
+        )
+    return HistoryError(f"the history database cannot be {step}: {error}")
+
+
+def _check_schema(db: sqlite3.Connection) -> None:
+    """Only the tables and indexes the tracker makes: a view, a trigger or any other object
+    of a crafted file is refused by name before any statement could run its SQL."""
+    rows = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid")
+    for kind, name, table, sql in rows:
+        expected = (
+            name in EXPECTED_TABLES and table == name and str(sql).startswith("CREATE TABLE ")
+            if kind == "table"
+            else kind == "index" and EXPECTED_INDEXES.get(name) == table
+        )
+        if not expected:
+            shown = _shown(str(name))
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise HistoryError(
+                f"history database holds an unexpected {_shown(str(kind))} '{shown}'"
+                " (not one of the tracker's tables or indexes); refusing to use it"
+            )
+
+
+def _make_self_contained(path: str, deadline: float, *, fetched: bool) -> None:
+    """Checkpoint the WAL into the file and leave it in rollback-journal mode, checked.
+
+    A fetched file's schema is checked first. It then gets integrity_check, which also
+    matches every index with its table: an index that disagrees with its table changes what
+    queries through it answer (quick_check misses that). After the tracker's own write to a
+    checked file, quick_check is enough.
+    """
+    check = "integrity_check(1)" if fetched else "quick_check(1)"
     try:
-        db.execute("PRAGMA trusted_schema = OFF")  # a crafted schema's functions never run here
+        db = _open(path, deadline)
+    except sqlite3.Error as error:
+        raise _refused("opened", error, deadline) from None
+    try:
+        if fetched:
+            _check_schema(db)
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("PRAGMA journal_mode = DELETE")
-        result = db.execute("PRAGMA quick_check").fetchone()[0]
+        result = str(db.execute(f"PRAGMA {check}").fetchone()[0])
     except sqlite3.Error as error:
-        raise HistoryError(f"history database cannot be checkpointed: {error}") from None
+        raise _refused("checked", error, deadline) from None
     finally:
         db.close()
     if result != "ok":
-        raise HistoryError(f"history database failed its integrity check: {result}")
+        raise HistoryError(
+            f"history database failed its integrity check ({result}); refusing to use it"
+            " (restore the history branch to an earlier commit)"
+        )
     for suffix in ("-wal", "-shm", "-journal"):
         Path(path + suffix).unlink(missing_ok=True)
 
 
-def _content_digest(path: str) -> Optional[str]:
+def _content_digest(path: str, deadline: float) -> Optional[str]:
     """A digest of the database's content (not its bytes); None when there is no file."""
     if not os.path.exists(path):
         return None
     digest = hashlib.sha256()
-    db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        db.execute("PRAGMA trusted_schema = OFF")
+        db = _open(path, deadline, read_only=True)
+    except sqlite3.Error as error:
+        raise _refused("read", error, deadline) from None
+    try:
         for pragma in ("user_version", "application_id"):
             digest.update(f"{pragma}={db.execute(f'PRAGMA {pragma}').fetchone()[0]}\n".encode())
         for statement in db.iterdump():
             digest.update(statement.encode("utf-8", "surrogatepass") + b"\n")
     except sqlite3.Error as error:
-        raise HistoryError(f"history database is unreadable: {error}") from None
+        raise _refused("read", error, deadline) from None
     finally:
         db.close()
     return digest.hexdigest()
@@ -373,7 +513,7 @@ def _tracker_command(option: Optional[str]) -> list[str]:
 def _run_tracker(
     tracker: Sequence[str], args: Sequence[str], db_path: str, github_output: Optional[str]
 ) -> Completed:
-    env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, TRACKER_DB_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, REMOTE_ENV, TRACKER_DB_ENV)}
     env.pop("GITHUB_OUTPUT", None)
     if github_output is not None:
         env["GITHUB_OUTPUT"] = github_output
@@ -419,6 +559,7 @@ class Settings(NamedTuple):
     backoff: float
     tracker: list[str]
     max_bytes: int
+    deadline: float
     command: list[str]
 
 
@@ -431,15 +572,15 @@ def _attempt(s: Settings, git: Git, shallow: bool, scratch: str, target: Optiona
     if not present and s.command[0] in READ_COMMANDS:
         raise HistoryError(f"no deployment history yet: {s.remote.shown} has no branch {s.branch}")
     if present:
-        _make_self_contained(db_path)
-    before = _content_digest(db_path)
+        _make_self_contained(db_path, s.deadline, fetched=True)
+    before = _content_digest(db_path, s.deadline)
     result = _run_tracker(s.tracker, s.command, db_path, github_output)
     if result.returncode != 0:
         _pass_on(result, None, None)
         return result.returncode
     if os.path.exists(db_path):
-        _make_self_contained(db_path)
-    after = _content_digest(db_path)
+        _make_self_contained(db_path, s.deadline, fetched=False)
+    after = _content_digest(db_path, s.deadline)
     if after is not None and after != before:
         commit = _commit(git, db_path, tip, _commit_message(s.command))
         _push(git, s.remote, s.branch, commit)
@@ -507,7 +648,8 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     add = parser.add_argument
-    add("--remote", default=os.environ.get(REMOTE_ENV) or DEFAULT_REMOTE, help="name, URL or path")
+    remote_help = f"name, URL or path (one with credentials: in ${REMOTE_ENV})"
+    add("--remote", default=os.environ.get(REMOTE_ENV) or DEFAULT_REMOTE, help=remote_help)
     add("--branch", default=os.environ.get(BRANCH_ENV) or DEFAULT_BRANCH, help="history branch")
     add("--repo", default=".", help="local git repository to work from (default: .)")
     add("--attempts", type=_number_in(int, 1, 100), default=DEFAULT_ATTEMPTS)
@@ -536,6 +678,16 @@ def _max_bytes() -> int:
     return int(text)
 
 
+def _sql_deadline() -> float:
+    text = os.environ.get(SQL_DEADLINE_ENV, "").strip()
+    if not text:
+        return DEFAULT_SQL_DEADLINE_SECONDS
+    try:
+        return float(_number_in(float, 0.001, 3600)(text))
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"{SQL_DEADLINE_ENV} must be seconds: {_shown(str(error))}") from None
+
+
 def _settings(argv: list[str]) -> Settings:
     if "--" in argv:
         split = argv.index("--")
@@ -556,6 +708,7 @@ def _settings(argv: list[str]) -> Settings:
         backoff=float(options.backoff),
         tracker=_tracker_command(options.tracker),
         max_bytes=_max_bytes(),
+        deadline=_sql_deadline(),
         command=command,
     )
 
