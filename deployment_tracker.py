@@ -14,12 +14,12 @@ drives this file through its command line. Sections, in reading order:
      379-589   Migrations
      592-884   Validation and ids
      887-1074  Connection and transactions
-    1077-1437  Data layer: records
-    1440-1683  Data layer: control (promotion gates, promote, block, prune)
-    1686-1802  Data layer: insight (DORA figures, the deployments of a window, completion)
-    1805-2544  Output
-    2547-3540  CLI
-    3543-3553  main
+    1077-1446  Data layer: records
+    1449-1692  Data layer: control (promotion gates, promote, block, prune)
+    1695-1811  Data layer: insight (DORA figures, the deployments of a window, completion)
+    1814-2553  Output
+    2556-3558  CLI
+    3561-3571  main
 """
 
 from __future__ import annotations
@@ -1330,7 +1330,10 @@ def verify_deployment(
 
 
 def _list_conditions(
-    environment: Optional[str], branch: Optional[str], status: Optional[str]
+    environment: Optional[str],
+    branch: Optional[str],
+    status: Optional[str],
+    since: Optional[datetime],
 ) -> tuple[str, list[Any]]:
     conditions = []
     parameters: list[Any] = []
@@ -1338,6 +1341,9 @@ def _list_conditions(
         if value is not None:
             conditions.append(f"{column} = ?")
             parameters.append(value)
+    if since is not None:
+        conditions.append("deployed_at >= ?")
+        parameters.append(iso(since))
     return (" WHERE " + " AND ".join(conditions) if conditions else ""), parameters
 
 
@@ -1347,10 +1353,12 @@ def list_deployments(
     environment: Optional[str] = None,
     branch: Optional[str] = None,
     status: Optional[str] = None,
+    since: Optional[datetime] = None,
     limit: Optional[int] = DEFAULT_LIST_LIMIT,
 ) -> Iterator[Record]:
-    """Deployments newest first, streamed from the database."""
-    where, parameters = _list_conditions(environment, branch, status)
+    """Deployments newest first, streamed from the database; `since`: only those
+    recorded at or after that moment."""
+    where, parameters = _list_conditions(environment, branch, status, since)
     sql = _SELECT_DEPLOYMENT + where + " ORDER BY seq DESC"
     if limit is not None:
         sql += " LIMIT ?"
@@ -1365,8 +1373,9 @@ def count_deployments(
     environment: Optional[str] = None,
     branch: Optional[str] = None,
     status: Optional[str] = None,
+    since: Optional[datetime] = None,
 ) -> int:
-    where, parameters = _list_conditions(environment, branch, status)
+    where, parameters = _list_conditions(environment, branch, status, since)
     sql = "SELECT count(*) FROM deployments" + where  # noqa: S608 (constant conditions)
     count: int = db.execute(sql, parameters).fetchone()[0]
     return count
@@ -2933,12 +2942,13 @@ def _gates_option() -> Callable[[F], F]:
     )
 
 
-def _since_option() -> Callable[[F], F]:
+def _since_option(default: Optional[str] = DEFAULT_SINCE) -> Callable[[F], F]:
+    """--since, for a window's start (`default`: none, for no window unless given)."""
     return click.option(
         "--since",
         type=_SINCE,
-        default=DEFAULT_SINCE,
-        show_default=True,
+        default=default,
+        show_default=default is not None,
         metavar="SPAN|DATE",
         help="Window start: a span back from now (12h, 30d, 2w) or an ISO 8601 date/time (UTC).",
     )
@@ -3132,6 +3142,7 @@ def verify_command(
 @_environment_option(required=False)
 @click.option("--branch", "-b", type=_BRANCH, help="Only this branch (raw name).")
 @click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
+@_since_option(default=None)
 @click.option(
     "--limit", "-n", type=click.IntRange(min=1), default=DEFAULT_LIST_LIMIT, show_default=True
 )
@@ -3143,6 +3154,7 @@ def list_command(
     environment: Optional[str],
     branch: Optional[str],
     status: Optional[str],
+    since: Optional[datetime],
     limit: int,
     show_all: bool,
     output: _OutputRequest,
@@ -3154,9 +3166,15 @@ def list_command(
     Example:
         deployment-tracker list -e staging --limit 5
         deployment-tracker list --status verified -o json
+        deployment-tracker list --since 2d
     """
     db = _open_db(ctx)
-    filters = {"environment": environment, "branch": branch, "status": status}
+    filters: dict[str, Any] = {
+        "environment": environment,
+        "branch": branch,
+        "status": status,
+        "since": since,
+    }
     records = list_deployments(db, **filters, limit=None if show_all else limit)
     shown = _echo_records(records, output)
     if not show_all and shown == limit and sys.stderr.isatty():

@@ -1,0 +1,80 @@
+"""Querying the history in one command (issue 19): `list --since`, several `--status`
+values, what `rollback-target` says when nothing earlier is verified, and `status`.
+
+Histories are built through the data layer at explicit times (build_known_history in
+tests/helpers.py) or through the CLI (the `history` fixture); every answer is read back
+through the CLI and the public data functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import Result
+from helpers import assert_one_line_error, at, build_known_history, deploy, ok
+
+import deployment_tracker as dt
+
+# --- list --since --------------------------------------------------------------
+
+
+def listed_ids(db_path: Path, **filters: Any) -> list[str]:
+    db = dt.connect(str(db_path), write=False)
+    try:
+        return [record["id"] for record in dt.list_deployments(db, **filters, limit=None)]
+    finally:
+        db.close()
+
+
+def test_list_since_keeps_what_was_recorded_at_or_after_the_moment(db_path: Path) -> None:
+    ids = build_known_history(db_path)
+    # p4 was recorded at exactly 04-05 00:00: the start is included; s2 (04-04) is not.
+    expected = [ids["p7"], ids["p6"], ids["p5"], ids["p4"]]
+    assert listed_ids(db_path, since=at("04-05 00:00")) == expected
+    assert listed_ids(db_path, since=at("04-05 00:01")) == expected[:3]
+    assert listed_ids(db_path, since=at("04-01 00:00"), environment="staging") == [
+        ids["s2"],
+        ids["s1"],
+    ]
+    db = dt.connect(str(db_path), write=False)
+    try:
+        assert dt.count_deployments(db, since=at("04-05 00:00")) == 4
+    finally:
+        db.close()
+
+
+def test_list_since_takes_a_date_through_the_cli(
+    db_path: Path, cli_json: Callable[..., Any]
+) -> None:
+    ids = build_known_history(db_path)
+    shown = cli_json("list", "--since", "2026-04-05", "--all")
+    assert [record["id"] for record in shown] == [ids["p7"], ids["p6"], ids["p5"], ids["p4"]]
+    # A time with a zone is the same moment in UTC: 02:00+02:00 is 04-05 00:00Z.
+    zoned = cli_json("list", "--since", "2026-04-05T02:00:00+02:00", "-e", "production")
+    assert [record["id"] for record in zoned] == [ids["p7"], ids["p6"], ids["p5"], ids["p4"]]
+
+
+def test_list_since_takes_a_span_back_from_now(db_path: Path, cli: Callable[..., Result]) -> None:
+    now = dt.utc_now()
+    db = dt.connect(str(db_path), write=True)
+    try:
+        old = deploy(db, "staging", now - timedelta(days=5), sha="1" * 40)
+        new = deploy(db, "staging", now - timedelta(hours=20), sha="2" * 40)
+    finally:
+        db.close()
+    assert ok(cli("list", "--since", "1d", "--field", "id")) == new
+    assert ok(cli("list", "--since", "1w", "--field", "id")).split() == [new, old]
+    assert ok(cli("list", "--since", "12h", "--field", "id")) == ""
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "0d", "3x", "2999-01-01"])
+def test_list_since_refuses_what_the_other_windows_refuse(
+    cli: Callable[..., Result], bad: str
+) -> None:
+    result = cli("list", "--since", bad)
+    assert result.exit_code == 2
+    assert_one_line_error(result.stderr, "--since", "since must be")
