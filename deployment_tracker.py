@@ -14,12 +14,12 @@ drives this file through its command line. Sections, in reading order:
      379-589   Migrations
      592-884   Validation and ids
      887-1074  Connection and transactions
-    1077-1446  Data layer: records
-    1449-1692  Data layer: control (promotion gates, promote, block, prune)
-    1695-1811  Data layer: insight (DORA figures, the deployments of a window, completion)
-    1814-2553  Output
-    2556-3558  CLI
-    3561-3571  main
+    1077-1455  Data layer: records
+    1458-1701  Data layer: control (promotion gates, promote, block, prune)
+    1704-1820  Data layer: insight (DORA figures, the deployments of a window, completion)
+    1823-2562  Output
+    2565-3584  CLI
+    3587-3597  main
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple, NoReturn, Optional, TypeVar
+from typing import Any, NamedTuple, NoReturn, Optional, TypeVar, Union
 
 import click
 
@@ -1329,18 +1329,27 @@ def verify_deployment(
     return record, True
 
 
+Statuses = Union[str, Sequence[str], None]  # one status, several, or any
+
+
 def _list_conditions(
     environment: Optional[str],
     branch: Optional[str],
-    status: Optional[str],
+    status: Statuses,
     since: Optional[datetime],
 ) -> tuple[str, list[Any]]:
     conditions = []
     parameters: list[Any] = []
-    for column, value in (("environment", environment), ("branch", branch), ("status", status)):
+    for column, value in (("environment", environment), ("branch", branch)):
         if value is not None:
             conditions.append(f"{column} = ?")
             parameters.append(value)
+    statuses = [status] if isinstance(status, str) else list(status or ())
+    if len(statuses) == 1:
+        conditions.append("status = ?")
+    elif statuses:
+        conditions.append(f"status IN ({', '.join('?' * len(statuses))})")
+    parameters.extend(statuses)
     if since is not None:
         conditions.append("deployed_at >= ?")
         parameters.append(iso(since))
@@ -1352,12 +1361,12 @@ def list_deployments(
     *,
     environment: Optional[str] = None,
     branch: Optional[str] = None,
-    status: Optional[str] = None,
+    status: Statuses = None,
     since: Optional[datetime] = None,
     limit: Optional[int] = DEFAULT_LIST_LIMIT,
 ) -> Iterator[Record]:
-    """Deployments newest first, streamed from the database; `since`: only those
-    recorded at or after that moment."""
+    """Deployments newest first, streamed from the database; `status`: one or
+    several (any of them); `since`: only those recorded at or after that moment."""
     where, parameters = _list_conditions(environment, branch, status, since)
     sql = _SELECT_DEPLOYMENT + where + " ORDER BY seq DESC"
     if limit is not None:
@@ -1372,7 +1381,7 @@ def count_deployments(
     *,
     environment: Optional[str] = None,
     branch: Optional[str] = None,
-    status: Optional[str] = None,
+    status: Statuses = None,
     since: Optional[datetime] = None,
 ) -> int:
     where, parameters = _list_conditions(environment, branch, status, since)
@@ -2707,29 +2716,31 @@ class _OutputFormatType(click.ParamType):  # type: ignore[type-arg,unused-ignore
         return [CompletionItem(name) for name in names if name.startswith(incomplete)]
 
 
-class _FieldListType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
-    """One field or several, separated by commas."""
+class _ChoiceListType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    """One choice or several, separated by commas (fields, statuses); `what` names
+    one and several of them in errors."""
 
-    name = "fields"
-
-    def __init__(self, choices: Sequence[str]) -> None:
+    def __init__(self, choices: Sequence[str], what: tuple[str, str] = ("field", "fields")) -> None:
         self.choices = tuple(choices)
+        self._what = what
+        self.name = what[1]
 
     def convert(
         self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
     ) -> Any:
         if isinstance(value, tuple):
             return value
-        fields = tuple(part.strip() for part in str(value).split(",") if part.strip())
-        unknown = [field for field in fields if field not in self.choices]
-        if unknown or not fields:
+        chosen = tuple(part.strip() for part in str(value).split(",") if part.strip())
+        unknown = [choice for choice in chosen if choice not in self.choices]
+        if unknown or not chosen:
+            one, several = self._what
             self.fail(
-                f"unknown field {', '.join(map(repr, unknown)) or repr(value)};"
-                f" fields are {', '.join(self.choices)}",
+                f"unknown {one} {', '.join(map(repr, unknown)) or repr(value)};"
+                f" {several} are {', '.join(self.choices)}",
                 param,
                 ctx,
             )
-        return fields
+        return chosen
 
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str
@@ -2759,6 +2770,13 @@ _GATES = _CheckedType("gates", parse_gates)
 
 def _text(name: str, *, multiline: bool = False) -> _CheckedType:
     return _CheckedType(name, lambda value: check_text(name, value, multiline=multiline))
+
+
+def _joined_choices(
+    ctx: click.Context, param: click.Parameter, value: tuple[tuple[str, ...], ...]
+) -> tuple[str, ...]:
+    """A repeated _ChoiceListType option as one tuple, in order, each choice once."""
+    return tuple(dict.fromkeys(choice for chosen in value for choice in chosen))
 
 
 # --- Shared options ---------------------------------------------------------
@@ -2815,12 +2833,12 @@ def _shared_output_options(fields: tuple[str, ...]) -> list[click.Parameter]:
             ),
             click.Option(
                 ["--field"],
-                type=_FieldListType(fields),
+                type=_ChoiceListType(fields),
                 help="Print only these fields' bare values (comma-separated; tab-separated out).",
             ),
             click.Option(
                 ["--json", "json_fields"],
-                type=_FieldListType(fields),
+                type=_ChoiceListType(fields),
                 metavar="FIELDS",
                 help="Print JSON with only these fields (comma-separated), like gh.",
             ),
@@ -3141,7 +3159,15 @@ def verify_command(
 @cli.command("list")
 @_environment_option(required=False)
 @click.option("--branch", "-b", type=_BRANCH, help="Only this branch (raw name).")
-@click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
+@click.option(
+    "--status",
+    "statuses",
+    type=_ChoiceListType(STATUSES, what=("status", "statuses")),
+    multiple=True,
+    callback=_joined_choices,
+    metavar="STATUS[,STATUS...]",
+    help="Only these statuses (repeat --status, or separate them with commas).",
+)
 @_since_option(default=None)
 @click.option(
     "--limit", "-n", type=click.IntRange(min=1), default=DEFAULT_LIST_LIMIT, show_default=True
@@ -3153,7 +3179,7 @@ def list_command(
     ctx: click.Context,
     environment: Optional[str],
     branch: Optional[str],
-    status: Optional[str],
+    statuses: tuple[str, ...],
     since: Optional[datetime],
     limit: int,
     show_all: bool,
@@ -3166,13 +3192,13 @@ def list_command(
     Example:
         deployment-tracker list -e staging --limit 5
         deployment-tracker list --status verified -o json
-        deployment-tracker list --since 2d
+        deployment-tracker list --status failed,rolled_back --since 2d
     """
     db = _open_db(ctx)
     filters: dict[str, Any] = {
         "environment": environment,
         "branch": branch,
-        "status": status,
+        "status": statuses,
         "since": since,
     }
     records = list_deployments(db, **filters, limit=None if show_all else limit)

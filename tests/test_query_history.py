@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from helpers import assert_one_line_error, at, build_known_history, deploy, ok
+from helpers import assert_one_line_error, at, build_known_history, captured_sql, deploy, ok
 
 import deployment_tracker as dt
 
@@ -78,3 +78,65 @@ def test_list_since_refuses_what_the_other_windows_refuse(
     result = cli("list", "--since", bad)
     assert result.exit_code == 2
     assert_one_line_error(result.stderr, "--since", "since must be")
+
+
+# --- list --status, several values ---------------------------------------------
+
+
+def test_list_takes_several_statuses_in_one_query(db_path: Path) -> None:
+    ids = build_known_history(db_path)
+    # p2 and p7 failed; p5 was rolled back by p6.
+    assert listed_ids(db_path, status=("failed", "rolled_back")) == [
+        ids["p7"],
+        ids["p5"],
+        ids["p2"],
+    ]
+    assert listed_ids(db_path, status=["deployed", "failed"], environment="staging") == [ids["s2"]]
+    assert listed_ids(db_path, status="rolled_back") == [ids["p5"]]
+    db = dt.connect(str(db_path), write=False)
+    try:
+        statuses = ("failed", "rolled_back")
+        (sql,) = captured_sql(db, lambda: dt.list_deployments(db, status=statuses))
+        assert "status IN ('failed', 'rolled_back')" in sql
+        assert dt.count_deployments(db, status=statuses, since=at("04-04 00:00")) == 2
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        ["--status", "failed,rolled_back"],
+        ["--status", "failed", "--status", "rolled_back"],
+        ["--status", "rolled_back, failed", "--status", "failed"],
+    ],
+    ids=["commas", "repeated", "both"],
+)
+def test_list_status_repeated_or_comma_separated(
+    db_path: Path, cli_json: Callable[..., Any], given: list[str]
+) -> None:
+    ids = build_known_history(db_path)
+    shown = cli_json("list", *given)
+    assert [record["id"] for record in shown] == [ids["p7"], ids["p5"], ids["p2"]]
+
+
+def test_list_status_combines_with_the_other_filters(
+    db_path: Path, cli: Callable[..., Result]
+) -> None:
+    ids = build_known_history(db_path)
+    result = cli("list", "--status", "failed,rolled_back", "--since", "2026-04-04", "--field", "id")
+    assert ok(result).split() == [ids["p7"], ids["p5"]]
+    result = cli("list", "-e", "staging", "--status", "verified,deployed", "--field", "id")
+    assert ok(result).split() == [ids["s2"], ids["s1"]]
+
+
+@pytest.mark.parametrize("bad", ["bogus", "failed,bogus", "failed,", ",", ""])
+def test_a_bad_status_is_refused_while_parsing(cli: Callable[..., Result], bad: str) -> None:
+    # No database exists: the value is refused before anything is opened.
+    result = cli("list", "--status", "failed", "--status", bad)
+    if bad == "failed,":  # an empty part is nothing, like a trailing comma in --field
+        assert result.exit_code == 1
+        assert_one_line_error(result.stderr, "no database")
+        return
+    assert result.exit_code == 2
+    assert_one_line_error(result.stderr, "--status", "statuses are deployed, verified")
