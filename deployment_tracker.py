@@ -9,17 +9,17 @@ only runs SQL and builds records. What talks to git or HTTP for the workflow
 (the history branch, webhooks) lives with the workflow in .github/scripts and
 drives this file through its command line. Sections, in reading order:
 
-      40-348   Constants and SQL
-     350-376   Errors
-     379-589   Migrations
-     592-884   Validation and ids
-     887-1074  Connection and transactions
-    1077-1455  Data layer: records
-    1458-1701  Data layer: control (promotion gates, promote, block, prune)
-    1704-1820  Data layer: insight (DORA figures, the deployments of a window, completion)
-    1823-2562  Output
-    2565-3584  CLI
-    3587-3597  main
+      40-353   Constants and SQL
+     355-381   Errors
+     384-594   Migrations
+     597-889   Validation and ids
+     892-1079  Connection and transactions
+    1082-1475  Data layer: records
+    1478-1721  Data layer: control (promotion gates, promote, block, prune)
+    1724-1840  Data layer: insight (DORA figures, the deployments of a window, completion)
+    1843-2582  Output
+    2585-3604  CLI
+    3607-3617  main
 """
 
 from __future__ import annotations
@@ -234,6 +234,11 @@ _SELECT_VERIFIED_COMMIT_PREFIX = (
 _SELECT_PROMOTION_CANDIDATE = (
     _SELECT_DEPLOYMENT + " WHERE environment = ? AND status = 'verified' AND blocked = 0"
     " ORDER BY seq DESC LIMIT 1"
+)
+# The newest two verified, unblocked deployments: is one of them the only one?
+_SELECT_NEWEST_VERIFIED_IDS = (
+    "SELECT id FROM deployments WHERE environment = ? AND status = 'verified' AND blocked = 0"
+    " ORDER BY seq DESC LIMIT 2"
 )
 # Distinct values of an indexed column without reading every row: hop from
 # each value to the next one through the index.
@@ -1424,10 +1429,7 @@ def rollback_target(
     if deployment_id is None:
         row = db.execute(_SELECT_ROLLBACK_CANDIDATE, (environment, current["image_tag"])).fetchone()
         if row is None:
-            raise NotFound(
-                f"no verified deployment in {environment} to roll back to"
-                f" (running: {current['id']})"
-            )
+            raise NotFound(_nothing_earlier(db, current))
         return _first_shipped(db, _row_to_record(row)), []
     target = get_deployment(db, deployment_id)
     if target["environment"] != environment:
@@ -1447,6 +1449,24 @@ def rollback_target(
     if problems and not force:
         raise Refused(f"deployment {deployment_id} {' and '.join(problems)}")
     return (_first_shipped(db, target) if not problems else target), problems
+
+
+def _nothing_earlier(db: sqlite3.Connection, current: Record) -> str:
+    """Why an environment has no rollback target: nothing verified (and unblocked),
+    or only what runs there now."""
+    environment = current["environment"]
+    verified = [row[0] for row in db.execute(_SELECT_NEWEST_VERIFIED_IDS, (environment,))]
+    if not verified:
+        return f"no verified deployment in {environment} to roll back to (running: {current['id']})"
+    if verified == [current["id"]]:
+        return (
+            f"the only verified, unblocked deployment in {environment}, {current['id']}, is the"
+            " one running now; nothing earlier to roll back to"
+        )
+    return (
+        f"every verified, unblocked deployment in {environment} has the image running now,"
+        f" {current['image_tag']} (running: {current['id']}); nothing earlier to roll back to"
+    )
 
 
 def _first_shipped(db: sqlite3.Connection, record: Record) -> Record:

@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from helpers import assert_one_line_error, at, build_known_history, captured_sql, deploy, ok
+from helpers import (
+    History,
+    assert_one_line_error,
+    at,
+    build_known_history,
+    captured_sql,
+    deploy,
+    ok,
+)
 
 import deployment_tracker as dt
 
@@ -140,3 +148,60 @@ def test_a_bad_status_is_refused_while_parsing(cli: Callable[..., Result], bad: 
         return
     assert result.exit_code == 2
     assert_one_line_error(result.stderr, "--status", "statuses are deployed, verified")
+
+
+# --- rollback-target: when nothing earlier is verified ---------------------------
+
+
+def rollback_target_error(cli: Callable[..., Result]) -> str:
+    result = cli("rollback-target", "-e", "staging")
+    assert result.exit_code == 1  # README: 1 is "nothing found"
+    assert_one_line_error(result.stderr)
+    return result.stderr.strip().removeprefix("Error: ")
+
+
+def test_the_only_verified_deployment_is_the_running_one(
+    cli: Callable[..., Result], history: History
+) -> None:
+    only = history.record("staging", verified=True)
+    assert rollback_target_error(cli) == (
+        f"the only verified, unblocked deployment in staging, {only}, is the one running now;"
+        " nothing earlier to roll back to"
+    )
+
+
+def test_an_earlier_blocked_one_leaves_only_the_running_one(
+    cli: Callable[..., Result], history: History
+) -> None:
+    earlier = history.record("staging", verified=True)
+    running = history.record("staging", verified=True)
+    ok(cli("block", earlier, "--reason", "bad migration"))
+    assert rollback_target_error(cli).startswith(
+        f"the only verified, unblocked deployment in staging, {running}, is the one running now"
+    )
+
+
+def test_every_verified_one_has_the_running_image(
+    cli: Callable[..., Result], history: History
+) -> None:
+    good = history.record("staging", verified=True)
+    history.record("staging", verified=False)
+    history.verify(history.ids("-e", "staging")[0], "failed")
+    restored = history.rollback("staging", good)  # the image of `good` again, not yet verified
+    assert rollback_target_error(cli) == (
+        f"every verified, unblocked deployment in staging has the image running now, {good}"
+        f" (running: {restored}); nothing earlier to roll back to"
+    )
+
+
+def test_nothing_verified_is_still_said_so(db_path: Path, history: History) -> None:
+    running = history.record("staging")
+    db = dt.connect(str(db_path), write=False)
+    try:
+        with pytest.raises(dt.NotFound) as raised:
+            dt.rollback_target(db, "staging")
+    finally:
+        db.close()
+    assert str(raised.value) == (
+        f"no verified deployment in staging to roll back to (running: {running})"
+    )
