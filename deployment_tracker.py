@@ -9,17 +9,17 @@ only runs SQL and builds records. What talks to git or HTTP for the workflow
 (the history branch, webhooks) lives with the workflow in .github/scripts and
 drives this file through its command line. Sections, in reading order:
 
-      40-353   Constants and SQL
-     355-381   Errors
-     384-594   Migrations
-     597-889   Validation and ids
-     892-1079  Connection and transactions
-    1082-1475  Data layer: records
-    1478-1721  Data layer: control (promotion gates, promote, block, prune)
-    1724-1840  Data layer: insight (DORA figures, the deployments of a window, completion)
-    1843-2582  Output
-    2585-3604  CLI
-    3607-3617  main
+      40-365   Constants and SQL
+     367-393   Errors
+     396-606   Migrations
+     609-901   Validation and ids
+     904-1091  Connection and transactions
+    1094-1491  Data layer: records
+    1494-1737  Data layer: control (promotion gates, promote, block, prune)
+    1740-1887  Data layer: insight (DORA figures, the deployments of a window, status, completion)
+    1890-2642  Output
+    2645-3682  CLI
+    3685-3695  main
 """
 
 from __future__ import annotations
@@ -279,6 +279,18 @@ STATS_FIELDS = (
     "time_to_restore_worst_seconds",
     "lead_time_changes",
     "lead_time_median_seconds",
+)
+# `status`: per environment, what runs there, the last verified one, the rollback target.
+ENVIRONMENT_STATUS_FIELDS = (
+    "environment",
+    "id",
+    "status",
+    "branch",
+    "image_tag",
+    "since",
+    "last_verified",
+    "last_verified_at",
+    "rollback_target",
 )
 # The newest deployments shown: the HTML page stays small, Mermaid stays legible.
 HTML_MAX_DEPLOYMENTS = 1500
@@ -1395,12 +1407,16 @@ def count_deployments(
     return count
 
 
+def _latest_with_status(db: sqlite3.Connection, environment: str, status: str) -> Optional[Record]:
+    row = db.execute(_SELECT_LATEST_WITH_STATUS, (environment, status)).fetchone()
+    return _row_to_record(row) if row else None
+
+
 def latest(db: sqlite3.Connection, environment: str, status: str = "verified") -> Record:
     if status == "any":
         record = running(db, environment)
     else:
-        row = db.execute(_SELECT_LATEST_WITH_STATUS, (environment, status)).fetchone()
-        record = _row_to_record(row) if row else None
+        record = _latest_with_status(db, environment, status)
     if record is None:
         qualifier = "" if status == "any" else f"{status} "
         raise NotFound(f"no {qualifier}deployment in {environment}")
@@ -1722,7 +1738,7 @@ def prunes(db: sqlite3.Connection) -> list[Record]:
 
 
 # ==========================================================================
-# Data layer: insight (DORA figures, the deployments of a window, completion)
+# Data layer: insight (DORA figures, the deployments of a window, status, completion)
 # ==========================================================================
 
 
@@ -1823,6 +1839,37 @@ def timeline_deployments(
         _SELECT_DEPLOYMENT + where + " ORDER BY seq DESC LIMIT ?", [*parameters, limit]
     )
     return [_row_to_record(row) for row in rows][::-1], total
+
+
+def environment_status(db: sqlite3.Connection, environment: Optional[str] = None) -> list[Record]:
+    """Per environment that has deployments (or only `environment`): what runs
+    there and since when, the last verified deployment (`latest`) and the
+    rollback target (`rollback_target`; None when there is none)."""
+    names = [environment] if environment else distinct_values(db, "environment", limit=10_000)
+    rows = []
+    for name in names:
+        current = running(db, name)
+        if current is None:
+            continue
+        verified = _latest_with_status(db, name, "verified")
+        try:
+            target: Optional[str] = rollback_target(db, name)[0]["id"]
+        except NotFound:
+            target = None
+        rows.append(
+            {
+                "environment": name,
+                "id": current["id"],
+                "status": current["status"],
+                "branch": current["branch"],
+                "image_tag": current["image_tag"],
+                "since": current["deployed_at"],
+                "last_verified": verified["id"] if verified else None,
+                "last_verified_at": verified["verified_at"] if verified else None,
+                "rollback_target": target,
+            }
+        )
+    return rows
 
 
 def rollback_targets_outside(
@@ -1974,8 +2021,13 @@ def _render_table(
         tabulate_module.MIN_PADDING = padding
 
 
-def _echo_records(records: Iterable[Record], output: _OutputRequest) -> int:
-    """Print records as the caller asked; JSON, CSV and TSV stream. Returns how many."""
+def _echo_records(
+    records: Iterable[Record], output: _OutputRequest, *, fields: Sequence[str] = FIELDS
+) -> int:
+    """Print records as the caller asked; JSON, CSV and TSV stream. Returns how many.
+
+    `fields`: what the records hold, deployments' by default (their table shows
+    its own columns); a table of other records shows every field."""
     out = sys.stdout
     count = 0
     if output.fields:
@@ -2003,22 +2055,30 @@ def _echo_records(records: Iterable[Record], output: _OutputRequest) -> int:
         else:
             write_row = lambda row: out.write("\t".join(_tsv_cell(cell) for cell in row) + "\n")  # noqa: E731
         if output.headers:
-            write_row(FIELDS)
+            write_row(fields)
         for count, record in enumerate(records, start=1):  # noqa: B007 (the count is returned)
             if fmt == "csv":
-                write_row([_printable(record[field], one_line=False) for field in FIELDS])
+                write_row([_printable(record[field], one_line=False) for field in fields])
             else:
-                write_row([record[field] for field in FIELDS])
+                write_row([record[field] for field in fields])
         return count
     shown_records = list(records)
     now = utc_now()
-    columns: Sequence[str] = FIELDS if output.wide else TABLE_COLUMNS
-    if not output.wide and any(record["image_tag"] != record["id"] for record in shown_records):
-        columns = (*TABLE_COLUMNS[:3], "image", *TABLE_COLUMNS[3:])
+    columns = _deployment_columns(shown_records, output) if fields == FIELDS else fields
     rows = [[_table_cell(column, record, now) for column in columns] for record in shown_records]
     headers = list(columns) if output.headers else []
     out.write(_render_table(rows, headers, fmt, tight=fmt == "table") + "\n")
     return len(shown_records)
+
+
+def _deployment_columns(records: Sequence[Record], output: _OutputRequest) -> Sequence[str]:
+    """A table's columns for deployments: every field (--wide), or the default
+    ones, with `image` when some row's image is not its own id."""
+    if output.wide:
+        return FIELDS
+    if any(record["image_tag"] != record["id"] for record in records):
+        return (*TABLE_COLUMNS[:3], "image", *TABLE_COLUMNS[3:])
+    return TABLE_COLUMNS
 
 
 def _echo_details(record: Record, history: Optional[list[Record]], output: _OutputRequest) -> None:
@@ -3515,6 +3575,24 @@ def prune_command(
         err=True,
     )
     _echo_records(removed, output)
+
+
+@cli.command("status")
+@_environment_option(required=False)
+@_output_options(fields=ENVIRONMENT_STATUS_FIELDS, github_output=False)
+@click.pass_context
+def status_command(ctx: click.Context, environment: Optional[str], output: _OutputRequest) -> None:
+    """Per environment: what runs there (the newest deployment: id, status,
+    branch, image) and since when, the last verified deployment and when it was
+    verified, and the rollback target (blank when there is none).
+
+    \b
+    Example:
+        deployment-tracker status
+        deployment-tracker status -e production --field rollback_target
+    """
+    rows = environment_status(_open_db(ctx), environment)
+    _echo_records(rows, output, fields=ENVIRONMENT_STATUS_FIELDS)
 
 
 @cli.command("stats")

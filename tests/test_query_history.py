@@ -205,3 +205,115 @@ def test_nothing_verified_is_still_said_so(db_path: Path, history: History) -> N
     assert str(raised.value) == (
         f"no verified deployment in staging to roll back to (running: {running})"
     )
+
+
+# --- status ----------------------------------------------------------------------
+
+
+def known_status(ids: dict[str, str]) -> list[dict[str, Any]]:
+    """What `status` says of the known history (tests/helpers.py)."""
+    return [
+        {
+            "environment": "production",
+            # p7 failed at deploy; p6 (a rollback to p4) is the last verified; rolling back
+            # from p7 goes to p6's image, which p4 first shipped.
+            "id": ids["p7"],
+            "status": "failed",
+            "branch": "feature/x",
+            "image_tag": ids["p7"],
+            "since": "2026-04-08T00:00:00Z",
+            "last_verified": ids["p6"],
+            "last_verified_at": "2026-04-06T06:05:00Z",
+            "rollback_target": ids["p4"],
+        },
+        {
+            "environment": "staging",
+            "id": ids["s2"],
+            "status": "deployed",
+            "branch": "branch_1",
+            "image_tag": ids["s2"],
+            "since": "2026-04-04T00:00:00Z",
+            "last_verified": ids["s1"],
+            "last_verified_at": "2026-04-01T23:10:00Z",
+            "rollback_target": ids["s1"],
+        },
+    ]
+
+
+def test_status_is_one_row_per_environment(db_path: Path) -> None:
+    ids = build_known_history(db_path)
+    db = dt.connect(str(db_path), write=False)
+    try:
+        assert dt.environment_status(db) == known_status(ids)
+        assert dt.environment_status(db, "staging") == known_status(ids)[1:]
+        assert dt.environment_status(db, "qa") == []
+        # The same answers as the commands that ask one question each.
+        for row in dt.environment_status(db):
+            environment = row["environment"]
+            assert row["id"] == dt.latest(db, environment, "any")["id"]
+            assert row["last_verified"] == dt.latest(db, environment)["id"]
+            assert row["rollback_target"] == dt.rollback_target(db, environment)[0]["id"]
+    finally:
+        db.close()
+
+
+def test_status_through_the_cli(db_path: Path, cli_json: Callable[..., Any]) -> None:
+    ids = build_known_history(db_path)
+    assert cli_json("status") == known_status(ids)
+    assert cli_json("status", "-e", "production") == known_status(ids)[:1]
+
+
+def test_status_leaves_what_does_not_exist_blank(
+    cli: Callable[..., Result], cli_json: Callable[..., Any], history: History
+) -> None:
+    only = history.record("staging")
+    (row,) = cli_json("status")
+    assert (row["id"], row["last_verified"], row["rollback_target"]) == (only, None, None)
+    history.verify(only)
+    fields = "environment,last_verified,rollback_target"
+    assert ok(cli("status", "--field", fields), strip=False) == f"staging\t{only}\t\n"
+
+
+def test_status_in_every_output_format(db_path: Path, cli: Callable[..., Result]) -> None:
+    ids = build_known_history(db_path)
+    table = ok(cli("status")).splitlines()
+    assert table[0].split() == list(dt.ENVIRONMENT_STATUS_FIELDS)
+    assert table[2].split() == [
+        "production",
+        ids["p7"],
+        "failed",
+        "feature/x",
+        ids["p7"],
+        "2026-04-08T00:00:00Z",
+        ids["p6"],
+        "2026-04-06T06:05:00Z",
+        ids["p4"],
+    ]
+    csv = ok(cli("status", "-o", "csv")).splitlines()
+    assert csv[0] == ",".join(dt.ENVIRONMENT_STATUS_FIELDS)
+    assert csv[2].startswith(f"staging,{ids['s2']},deployed,branch_1,")
+    tsv = ok(cli("status", "-o", "tsv", "--no-headers")).splitlines()
+    assert [line.split("\t")[0] for line in tsv] == ["production", "staging"]
+    github = ok(cli("status", "-o", "github"))
+    assert github.startswith("| environment")
+    assert ok(cli("status", "--json", "environment,rollback_target")) == (
+        f'[\n  {{"environment": "production", "rollback_target": "{ids["p4"]}"}},\n'
+        f'  {{"environment": "staging", "rollback_target": "{ids["s1"]}"}}\n]'
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "fragment"),
+    [
+        (["status", "--field", "bogus"], 2, "fields are environment, id, status"),
+        (["status", "-e", "Bad Name"], 2, "environment"),
+        (["status", "-o", "nonsense"], 2, "--output"),
+        (["status"], 1, "no database"),
+    ],
+)
+def test_status_errors_are_one_line(
+    cli: Callable[..., Result], args: list[str], exit_code: int, fragment: str
+) -> None:
+    result = cli(*args)
+    assert result.exit_code == exit_code
+    assert_one_line_error(result.stderr, fragment)
