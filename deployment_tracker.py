@@ -9,17 +9,17 @@ only runs SQL and builds records. What talks to git or HTTP for the workflow
 (the history branch, webhooks) lives with the workflow in .github/scripts and
 drives this file through its command line. Sections, in reading order:
 
-      40-359   Constants and SQL
-     361-387   Errors
-     390-607   Migrations
-     610-953   Validation and ids
-     956-1143  Connection and transactions
-    1146-1514  Data layer: records
-    1517-1760  Data layer: control (promotion gates, promote, block, prune)
-    1763-1879  Data layer: insight (DORA figures, the deployments of a window, completion)
-    1882-2647  Output
-    2650-3667  CLI
-    3670-3680  main
+      40-376   Constants and SQL
+     378-404   Errors
+     407-624   Migrations
+     627-970   Validation and ids
+     973-1160  Connection and transactions
+    1163-1568  Data layer: records
+    1571-1814  Data layer: control (promotion gates, promote, block, prune)
+    1817-1964  Data layer: insight (DORA figures, the deployments of a window, status, completion)
+    1967-2745  Output
+    2748-3809  CLI
+    3812-3822  main
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple, NoReturn, Optional, TypeVar
+from typing import Any, NamedTuple, NoReturn, Optional, TypeVar, Union
 
 import click
 
@@ -246,6 +246,11 @@ _SELECT_PROMOTION_CANDIDATE = (
     _SELECT_DEPLOYMENT + " WHERE environment = ? AND status = 'verified' AND blocked = 0"
     " ORDER BY seq DESC LIMIT 1"
 )
+# The newest two verified, unblocked deployments: is one of them the only one?
+_SELECT_NEWEST_VERIFIED_IDS = (
+    "SELECT id FROM deployments WHERE environment = ? AND status = 'verified' AND blocked = 0"
+    " ORDER BY seq DESC LIMIT 2"
+)
 # Distinct values of an indexed column without reading every row: hop from
 # each value to the next one through the index.
 _SELECT_DISTINCT = """
@@ -285,6 +290,18 @@ STATS_FIELDS = (
     "time_to_restore_worst_seconds",
     "lead_time_changes",
     "lead_time_median_seconds",
+)
+# `status`: per environment, what runs there, the last verified one, the rollback target.
+ENVIRONMENT_STATUS_FIELDS = (
+    "environment",
+    "id",
+    "status",
+    "branch",
+    "image_tag",
+    "since",
+    "last_verified",
+    "last_verified_at",
+    "rollback_target",
 )
 # The newest deployments shown: the HTML page stays small, Mermaid stays legible.
 HTML_MAX_DEPLOYMENTS = 1500
@@ -1406,15 +1423,30 @@ def verify_deployment(
     return record, True
 
 
+Statuses = Union[str, Sequence[str], None]  # one status, several, or any
+
+
 def _list_conditions(
-    environment: Optional[str], branch: Optional[str], status: Optional[str]
+    environment: Optional[str],
+    branch: Optional[str],
+    status: Statuses,
+    since: Optional[datetime],
 ) -> tuple[str, list[Any]]:
     conditions = []
     parameters: list[Any] = []
-    for column, value in (("environment", environment), ("branch", branch), ("status", status)):
+    for column, value in (("environment", environment), ("branch", branch)):
         if value is not None:
             conditions.append(f"{column} = ?")
             parameters.append(value)
+    statuses = [status] if isinstance(status, str) else list(status or ())
+    if len(statuses) == 1:
+        conditions.append("status = ?")
+    elif statuses:
+        conditions.append(f"status IN ({', '.join('?' * len(statuses))})")
+    parameters.extend(statuses)
+    if since is not None:
+        conditions.append("deployed_at >= ?")
+        parameters.append(iso(since))
     return (" WHERE " + " AND ".join(conditions) if conditions else ""), parameters
 
 
@@ -1423,11 +1455,13 @@ def list_deployments(
     *,
     environment: Optional[str] = None,
     branch: Optional[str] = None,
-    status: Optional[str] = None,
+    status: Statuses = None,
+    since: Optional[datetime] = None,
     limit: Optional[int] = DEFAULT_LIST_LIMIT,
 ) -> Iterator[Record]:
-    """Deployments newest first, streamed from the database."""
-    where, parameters = _list_conditions(environment, branch, status)
+    """Deployments newest first, streamed from the database; `status`: one or
+    several (any of them); `since`: only those recorded at or after that moment."""
+    where, parameters = _list_conditions(environment, branch, status, since)
     sql = _SELECT_DEPLOYMENT + where + " ORDER BY seq DESC"
     if limit is not None:
         sql += " LIMIT ?"
@@ -1441,20 +1475,25 @@ def count_deployments(
     *,
     environment: Optional[str] = None,
     branch: Optional[str] = None,
-    status: Optional[str] = None,
+    status: Statuses = None,
+    since: Optional[datetime] = None,
 ) -> int:
-    where, parameters = _list_conditions(environment, branch, status)
+    where, parameters = _list_conditions(environment, branch, status, since)
     sql = "SELECT count(*) FROM deployments" + where  # noqa: S608 (constant conditions)
     count: int = db.execute(sql, parameters).fetchone()[0]
     return count
+
+
+def _latest_with_status(db: sqlite3.Connection, environment: str, status: str) -> Optional[Record]:
+    row = db.execute(_SELECT_LATEST_WITH_STATUS, (environment, status)).fetchone()
+    return _row_to_record(row) if row else None
 
 
 def latest(db: sqlite3.Connection, environment: str, status: str = "verified") -> Record:
     if status == "any":
         record = running(db, environment)
     else:
-        row = db.execute(_SELECT_LATEST_WITH_STATUS, (environment, status)).fetchone()
-        record = _row_to_record(row) if row else None
+        record = _latest_with_status(db, environment, status)
     if record is None:
         qualifier = "" if status == "any" else f"{status} "
         raise NotFound(f"no {qualifier}deployment in {environment}")
@@ -1483,10 +1522,7 @@ def rollback_target(
     if deployment_id is None:
         row = db.execute(_SELECT_ROLLBACK_CANDIDATE, (environment, current["image_tag"])).fetchone()
         if row is None:
-            raise NotFound(
-                f"no verified deployment in {environment} to roll back to"
-                f" (running: {current['id']})"
-            )
+            raise NotFound(_nothing_earlier(db, current))
         return _first_shipped(db, _row_to_record(row)), []
     target = get_deployment(db, deployment_id)
     if target["environment"] != environment:
@@ -1506,6 +1542,24 @@ def rollback_target(
     if problems and not force:
         raise Refused(f"deployment {deployment_id} {' and '.join(problems)}")
     return (_first_shipped(db, target) if not problems else target), problems
+
+
+def _nothing_earlier(db: sqlite3.Connection, current: Record) -> str:
+    """Why an environment has no rollback target: nothing verified (and unblocked),
+    or only what runs there now."""
+    environment = current["environment"]
+    verified = [row[0] for row in db.execute(_SELECT_NEWEST_VERIFIED_IDS, (environment,))]
+    if not verified:
+        return f"no verified deployment in {environment} to roll back to (running: {current['id']})"
+    if verified == [current["id"]]:
+        return (
+            f"the only verified, unblocked deployment in {environment}, {current['id']}, is the"
+            " one running now; nothing earlier to roll back to"
+        )
+    return (
+        f"every verified, unblocked deployment in {environment} has the image running now,"
+        f" {current['image_tag']} (running: {current['id']}); nothing earlier to roll back to"
+    )
 
 
 def _first_shipped(db: sqlite3.Connection, record: Record) -> Record:
@@ -1761,7 +1815,7 @@ def prunes(db: sqlite3.Connection) -> list[Record]:
 
 
 # ==========================================================================
-# Data layer: insight (DORA figures, the deployments of a window, completion)
+# Data layer: insight (DORA figures, the deployments of a window, status, completion)
 # ==========================================================================
 
 
@@ -1862,6 +1916,37 @@ def timeline_deployments(
         _SELECT_DEPLOYMENT + where + " ORDER BY seq DESC LIMIT ?", [*parameters, limit]
     )
     return [_row_to_record(row) for row in rows][::-1], total
+
+
+def environment_status(db: sqlite3.Connection, environment: Optional[str] = None) -> list[Record]:
+    """Per environment that has deployments (or only `environment`): what runs
+    there and since when, the last verified deployment (`latest`) and the
+    rollback target (`rollback_target`; None when there is none)."""
+    names = [environment] if environment else distinct_values(db, "environment", limit=10_000)
+    rows = []
+    for name in names:
+        current = running(db, name)
+        if current is None:
+            continue
+        verified = _latest_with_status(db, name, "verified")
+        try:
+            target: Optional[str] = rollback_target(db, name)[0]["id"]
+        except NotFound:
+            target = None
+        rows.append(
+            {
+                "environment": name,
+                "id": current["id"],
+                "status": current["status"],
+                "branch": current["branch"],
+                "image_tag": current["image_tag"],
+                "since": current["deployed_at"],
+                "last_verified": verified["id"] if verified else None,
+                "last_verified_at": verified["verified_at"] if verified else None,
+                "rollback_target": target,
+            }
+        )
+    return rows
 
 
 def rollback_targets_outside(
@@ -2032,8 +2117,13 @@ def _render_table(
         tabulate_module.MIN_PADDING = padding
 
 
-def _echo_records(records: Iterable[Record], output: _OutputRequest) -> int:
-    """Print records as the caller asked; JSON, CSV and TSV stream. Returns how many."""
+def _echo_records(
+    records: Iterable[Record], output: _OutputRequest, *, fields: Sequence[str] = FIELDS
+) -> int:
+    """Print records as the caller asked; JSON, CSV and TSV stream. Returns how many.
+
+    `fields`: what the records hold, deployments' by default (their table shows
+    its own columns); a table of other records shows every field."""
     out = sys.stdout
     count = 0
     if output.fields:
@@ -2061,22 +2151,30 @@ def _echo_records(records: Iterable[Record], output: _OutputRequest) -> int:
         else:
             write_row = lambda row: out.write("\t".join(_tsv_cell(cell) for cell in row) + "\n")  # noqa: E731
         if output.headers:
-            write_row(FIELDS)
+            write_row(fields)
         for count, record in enumerate(records, start=1):  # noqa: B007 (the count is returned)
             if fmt == "csv":
-                write_row([_csv_cell(record[field]) for field in FIELDS])
+                write_row([_csv_cell(record[field]) for field in fields])
             else:
-                write_row([record[field] for field in FIELDS])
+                write_row([record[field] for field in fields])
         return count
     shown_records = list(records)
     now = utc_now()
-    columns: Sequence[str] = FIELDS if output.wide else TABLE_COLUMNS
-    if not output.wide and any(record["image_tag"] != record["id"] for record in shown_records):
-        columns = (*TABLE_COLUMNS[:3], "image", *TABLE_COLUMNS[3:])
+    columns = _deployment_columns(shown_records, output) if fields == FIELDS else fields
     rows = [[_table_cell(column, record, now) for column in columns] for record in shown_records]
     headers = list(columns) if output.headers else []
     out.write(_render_table(rows, headers, fmt, tight=fmt == "table") + "\n")
     return len(shown_records)
+
+
+def _deployment_columns(records: Sequence[Record], output: _OutputRequest) -> Sequence[str]:
+    """A table's columns for deployments: every field (--wide), or the default
+    ones, with `image` when some row's image is not its own id."""
+    if output.wide:
+        return FIELDS
+    if any(record["image_tag"] != record["id"] for record in records):
+        return (*TABLE_COLUMNS[:3], "image", *TABLE_COLUMNS[3:])
+    return TABLE_COLUMNS
 
 
 def _echo_details(record: Record, history: Optional[list[Record]], output: _OutputRequest) -> None:
@@ -2816,29 +2914,31 @@ class _OutputFormatType(click.ParamType):  # type: ignore[type-arg,unused-ignore
         return [CompletionItem(name) for name in names if name.startswith(incomplete)]
 
 
-class _FieldListType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
-    """One field or several, separated by commas."""
+class _ChoiceListType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    """One choice or several, separated by commas (fields, statuses); `what` names
+    one and several of them in errors."""
 
-    name = "fields"
-
-    def __init__(self, choices: Sequence[str]) -> None:
+    def __init__(self, choices: Sequence[str], what: tuple[str, str] = ("field", "fields")) -> None:
         self.choices = tuple(choices)
+        self._what = what
+        self.name = what[1]
 
     def convert(
         self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]
     ) -> Any:
         if isinstance(value, tuple):
             return value
-        fields = tuple(part.strip() for part in str(value).split(",") if part.strip())
-        unknown = [field for field in fields if field not in self.choices]
-        if unknown or not fields:
+        chosen = tuple(part.strip() for part in str(value).split(",") if part.strip())
+        unknown = [choice for choice in chosen if choice not in self.choices]
+        if unknown or not chosen:
+            one, several = self._what
             self.fail(
-                f"unknown field {', '.join(map(repr, unknown)) or repr(value)};"
-                f" fields are {', '.join(self.choices)}",
+                f"unknown {one} {', '.join(map(repr, unknown)) or repr(value)};"
+                f" {several} are {', '.join(self.choices)}",
                 param,
                 ctx,
             )
-        return fields
+        return chosen
 
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str
@@ -2869,6 +2969,13 @@ _GATES = _CheckedType("gates", parse_gates)
 
 def _text(name: str, *, multiline: bool = False) -> _CheckedType:
     return _CheckedType(name, lambda value: check_text(name, value, multiline=multiline))
+
+
+def _joined_choices(
+    ctx: click.Context, param: click.Parameter, value: tuple[tuple[str, ...], ...]
+) -> tuple[str, ...]:
+    """A repeated _ChoiceListType option as one tuple, in order, each choice once."""
+    return tuple(dict.fromkeys(choice for chosen in value for choice in chosen))
 
 
 # --- Shared options ---------------------------------------------------------
@@ -2925,12 +3032,12 @@ def _shared_output_options(fields: tuple[str, ...]) -> list[click.Parameter]:
             ),
             click.Option(
                 ["--field"],
-                type=_FieldListType(fields),
+                type=_ChoiceListType(fields),
                 help="Print only these fields' bare values (comma-separated; tab-separated out).",
             ),
             click.Option(
                 ["--json", "json_fields"],
-                type=_FieldListType(fields),
+                type=_ChoiceListType(fields),
                 metavar="FIELDS",
                 help="Print JSON with only these fields (comma-separated), like gh.",
             ),
@@ -3052,12 +3159,13 @@ def _gates_option() -> Callable[[F], F]:
     )
 
 
-def _since_option() -> Callable[[F], F]:
+def _since_option(default: Optional[str] = DEFAULT_SINCE) -> Callable[[F], F]:
+    """--since, for a window's start (`default`: none, for no window unless given)."""
     return click.option(
         "--since",
         type=_SINCE,
-        default=DEFAULT_SINCE,
-        show_default=True,
+        default=default,
+        show_default=default is not None,
         metavar="SPAN|DATE",
         help="Window start: a span back from now (12h, 30d, 2w) or an ISO 8601 date/time (UTC).",
     )
@@ -3256,7 +3364,16 @@ def verify_command(
 @cli.command("list")
 @_environment_option(required=False)
 @click.option("--branch", "-b", type=_BRANCH, help="Only this branch (raw name).")
-@click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
+@click.option(
+    "--status",
+    "statuses",
+    type=_ChoiceListType(STATUSES, what=("status", "statuses")),
+    multiple=True,
+    callback=_joined_choices,
+    metavar="STATUS[,STATUS...]",
+    help="Only these statuses (repeat --status, or separate them with commas).",
+)
+@_since_option(default=None)
 @click.option(
     "--limit", "-n", type=click.IntRange(min=1), default=DEFAULT_LIST_LIMIT, show_default=True
 )
@@ -3267,7 +3384,8 @@ def list_command(
     ctx: click.Context,
     environment: Optional[str],
     branch: Optional[str],
-    status: Optional[str],
+    statuses: tuple[str, ...],
+    since: Optional[datetime],
     limit: int,
     show_all: bool,
     output: _OutputRequest,
@@ -3279,9 +3397,15 @@ def list_command(
     Example:
         deployment-tracker list -e staging --limit 5
         deployment-tracker list --status verified -o json
+        deployment-tracker list --status failed,rolled_back --since 2d
     """
     db = _open_db(ctx)
-    filters = {"environment": environment, "branch": branch, "status": status}
+    filters: dict[str, Any] = {
+        "environment": environment,
+        "branch": branch,
+        "status": statuses,
+        "since": since,
+    }
     records = list_deployments(db, **filters, limit=None if show_all else limit)
     shown = _echo_records(records, output)
     if not show_all and shown == limit and sys.stderr.isatty():
@@ -3578,6 +3702,24 @@ def prune_command(
         err=True,
     )
     _echo_records(removed, output)
+
+
+@cli.command("status")
+@_environment_option(required=False)
+@_output_options(fields=ENVIRONMENT_STATUS_FIELDS, github_output=False)
+@click.pass_context
+def status_command(ctx: click.Context, environment: Optional[str], output: _OutputRequest) -> None:
+    """Per environment: what runs there (the newest deployment: id, status,
+    branch, image) and since when, the last verified deployment and when it was
+    verified, and the rollback target (blank when there is none).
+
+    \b
+    Example:
+        deployment-tracker status
+        deployment-tracker status -e production --field rollback_target
+    """
+    rows = environment_status(_open_db(ctx), environment)
+    _echo_records(rows, output, fields=ENVIRONMENT_STATUS_FIELDS)
 
 
 @cli.command("stats")

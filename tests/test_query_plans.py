@@ -80,7 +80,7 @@ def listed(
 
 def reading_queries(ids: dict[str, str]) -> dict[str, Callable[[sqlite3.Connection], Any]]:
     """Every query behind latest, rollback-target, get, promote, the gate, ids given as a
-    prefix or a short sha, and list, by name."""
+    prefix or a short sha, status of one environment, and list, by name."""
     queries: dict[str, Callable[[sqlite3.Connection], Any]] = {}
     for status in (*dt.STATUSES, "any"):
         queries[f"latest --status {status}"] = functools.partial(latest_in_qa, status=status)
@@ -108,6 +108,7 @@ def reading_queries(ids: dict[str, str]) -> dict[str, Callable[[sqlite3.Connecti
         {"production": "qa"},
     )
     queries["completion of ids"] = lambda db: dt.newest_ids(db, "main")
+    queries["status -e"] = lambda db: dt.environment_status(db, "qa")
     filters = {"environment": "qa", "branch": "hotfix/rare", "status": "verified"}
     for size in range(len(filters) + 1):
         for chosen in itertools.combinations(filters, size):
