@@ -63,6 +63,23 @@ def clone(remote: Path, path: Path) -> Path:
     return path
 
 
+def protect(remote: Path, refusing: str = ".") -> None:
+    """A ruleset on the history branch, as GitHub answers one: the server refuses a push whose
+    commit message matches the regular expression `refusing` (every push by default)."""
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        "while read -r old new ref; do\n"
+        f'  if git log -1 --format=%s "$new" | grep -Eq {shlex.quote(refusing)}; then\n'
+        '    echo "error: GH013: Repository rule violations found for $ref." >&2\n'
+        '    echo "- Cannot update this protected ref." >&2\n'
+        "    exit 1\n"
+        "  fi\n"
+        "done\n"
+    )
+    hook.chmod(0o755)
+
+
 def history_commits(remote: Path, branch: str = HISTORY_BRANCH) -> list[str]:
     out = git("--git-dir", str(remote), "rev-list", branch, check=False)
     return out.split() if out else []

@@ -35,6 +35,7 @@ from history_helpers import (
     history_records,
     history_tip,
     integrity,
+    protect,
     put_history_file,
     tracker,
     with_history,
@@ -286,6 +287,25 @@ def test_the_tracker_command_is_configurable_and_must_exist(work: Path, remote: 
     missing = with_history("--", "list", cwd=work, env={"PATH": "/usr/bin:/bin"})
     assert missing.returncode == 1
     assert "deployment-tracker is not on PATH" in one_error_line(missing)
+
+
+def test_a_push_the_server_refuses_is_not_a_race_and_says_what_the_server_said(
+    tmp_path: Path, remote: Path, work: Path
+) -> None:
+    """Issue 16: a protected branch (GH013) was retried as a lost race and its message lost."""
+    assert record_a(work).returncode == 0
+    protect(remote)
+    before = history_commits(remote)
+    for actions, prefix in ((None, "deployment-history: error: "), ("true", "::error title=")):
+        env = {"GITHUB_ACTIONS": actions} if actions else None
+        result = record(work, "--id", ID_B, env=env, sha=SHA_B, attempts="5", backoff="0.01")
+        assert result.returncode == 1
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(prefix), line
+        assert "the server refused the push to" in line
+        assert "GH013: Repository rule violations found for refs/heads/deployment-history" in line
+        assert "attempt 2/5" not in result.stderr
+    assert history_commits(remote) == before
 
 
 def test_a_lost_race_is_redone_on_the_fresh_copy_and_only_its_output_is_kept(

@@ -353,6 +353,11 @@ def _commit_message(args: Sequence[str]) -> str:
     return (line if len(line) <= 200 else line[:197] + "...") + "\n"
 
 
+_LOST_RACE = re.compile(
+    rb"\[remote rejected\].*(cannot lock ref|failed to update ref|incorrect old)"
+)
+
+
 def _push(git: Git, remote: Remote, branch: str, commit: str) -> None:
     """Push without force: a push based on an outdated tip is rejected."""
     refspec = f"{commit}:refs/heads/{branch}"
@@ -360,10 +365,30 @@ def _push(git: Git, remote: Remote, branch: str, commit: str) -> None:
         ["push", "--quiet", "--no-verify", "--porcelain", "--", remote.target, refspec]
     )
     if result.returncode != 0:
-        rejected = b"[rejected]" in result.stdout or b"[remote rejected]" in result.stdout
-        if rejected:
+        # (fetch first), (non-fast-forward), or another push updating the ref meanwhile: a race.
+        if b"[rejected]" in result.stdout or _LOST_RACE.search(result.stdout):
             raise GitFailure(f"push to {remote.shown} rejected (the history moved on)")
+        if b"[remote rejected]" in result.stdout:
+            # A hook or a ruleset refused it: trying again can't help, and the server said why.
+            raise HistoryError(
+                f"the server refused the push to {remote.shown} {branch}: {_server_says(result)}"
+            )
         raise GitFailure(result.problem(f"cannot push to {remote.shown}"))
+
+
+def _server_says(result: Completed) -> str:
+    """What the server gave as its reason: its `remote:` lines, else the porcelain reason."""
+    said = []
+    for line in result.stderr.decode("utf-8", "replace").splitlines():
+        text = line.strip()
+        if text.startswith("remote:") and text[7:].strip():
+            said.append(text[7:].strip())
+    if not said:
+        for line in result.stdout.decode("utf-8", "replace").splitlines():
+            if "[remote rejected]" in line:
+                said.append(line.split("[remote rejected]", 1)[1].strip())
+    shown = _shown(" / ".join(said)) or "no reason given"
+    return shown if len(shown) <= 300 else shown[:297] + "..."
 
 
 # --------------------------------------------------------------------------
@@ -717,11 +742,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return _run(_settings(list(sys.argv[1:] if argv is None else argv)))
     except HistoryError as error:
-        print(f"{PROG}: error: {_shown(str(error))}", file=sys.stderr)
+        _report(str(error))
         return error.exit_code
     except OSError as error:
-        print(f"{PROG}: error: {_shown(str(error))}", file=sys.stderr)
+        _report(str(error))
         return 1
+
+
+def _report(problem: str) -> None:
+    """One line on stderr; inside GitHub Actions, one error annotation."""
+    text = _shown(problem)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        print(f"::error title={PROG}::{text.replace('%', '%25')}", file=sys.stderr)
+    else:
+        print(f"{PROG}: error: {text}", file=sys.stderr)
 
 
 if __name__ == "__main__":
