@@ -9,17 +9,17 @@ only runs SQL and builds records. What talks to git or HTTP for the workflow
 (the history branch, webhooks) lives with the workflow in .github/scripts and
 drives this file through its command line. Sections, in reading order:
 
-      40-376   Constants and SQL
-     378-404   Errors
-     407-624   Migrations
-     627-970   Validation and ids
-     973-1160  Connection and transactions
-    1163-1568  Data layer: records
-    1571-1814  Data layer: control (promotion gates, promote, block, prune)
-    1817-1964  Data layer: insight (DORA figures, the deployments of a window, status, completion)
-    1967-2745  Output
-    2748-3809  CLI
-    3812-3822  main
+      40-379   Constants and SQL
+     381-407   Errors
+     410-634   Migrations
+     637-981   Validation and ids
+     984-1205  Connection and transactions
+    1208-1661  Data layer: records
+    1664-1909  Data layer: control (promotion gates, promote, block, prune)
+    1912-2059  Data layer: insight (DORA figures, the deployments of a window, status, completion)
+    2062-2840  Output
+    2843-3948  CLI
+    3951-3961  main
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, NoReturn, Optional, TypeVar, Union
 
 import click
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # ==========================================================================
 # Constants and SQL
@@ -56,6 +56,8 @@ DEFAULT_LIST_LIMIT = 20
 FUTURE_TOLERANCE = timedelta(minutes=5)
 
 STATUSES = ("deployed", "verified", "failed", "rolled_back")
+# The workflow jobs that ask `settle` what to do.
+SETTLE_STAGES = ("deploy", "verify", "rollback")
 VERIFY_STATUSES = ("verified", "failed")
 RECORD_STATUSES = ("deployed", "failed")
 # Allowed status changes; repeating the current status is a no-op.
@@ -93,6 +95,7 @@ FIELDS = (
     "blocked_reason",
     "gate_bypassed",
     "image_digest",
+    "replaces",
 )
 # Fields that a retried `record` must repeat exactly to count as the same call.
 _IDENTITY_FIELDS = (
@@ -542,6 +545,13 @@ def m005_image_digests(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE deployments ADD COLUMN image_digest TEXT")
 
 
+@migration
+def m006_what_a_deployment_replaced(db: sqlite3.Connection) -> None:
+    """The deployment that ran in the environment when this one was recorded: what an
+    automatic rollback of this one restores. No foreign key: a prune may remove it."""
+    db.execute("ALTER TABLE deployments ADD COLUMN replaces TEXT")
+
+
 def _schema_version(db: sqlite3.Connection) -> int:
     version: int = db.execute("PRAGMA user_version").fetchone()[0]
     return version
@@ -563,7 +573,7 @@ def migrate(db: sqlite3.Connection) -> None:
                 db.execute(f"PRAGMA user_version = {number}")
 
 
-# sqlite_master as migrations 1..5 leave it, as _check_schema reads it. Rebuilding it from the
+# sqlite_master as migrations 1..6 leave it, as _check_schema reads it. Rebuilding it from the
 # migrations costs 0.7 ms, so a database is first compared with this copy; it is rebuilt only on
 # a mismatch (an older schema version, or a SQLite that spaces its ALTER TABLE output another
 # way). A new migration must replace it (tests/test_hostile_values.py checks that a current
@@ -597,12 +607,12 @@ _SCHEMA = (
     "(id), note TEXT, committed_at TEXT , promoted_from TEXT REFERENCES deployments (id), "
     "blocked INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)), blocked_at TEXT, "
     "blocked_by TEXT, blocked_reason TEXT, gate_bypassed INTEGER NOT NULL DEFAULT 0 CHECK "
-    "(gate_bypassed IN (0, 1)), image_digest TEXT) table events events CREATE TABLE events ( "
-    "seq INTEGER PRIMARY KEY, deployment_id TEXT NOT NULL REFERENCES deployments (id), "
-    "status TEXT NOT NULL, at TEXT NOT NULL, by TEXT, note TEXT ) table prunes prunes CREATE "
-    "TABLE prunes ( seq INTEGER PRIMARY KEY, at TEXT NOT NULL, by TEXT, environment TEXT, "
-    "keep INTEGER NOT NULL, removed INTEGER NOT NULL, removed_events INTEGER NOT NULL, "
-    "removed_ids TEXT NOT NULL )"
+    "(gate_bypassed IN (0, 1)), image_digest TEXT, replaces TEXT) table events events CREATE "
+    "TABLE events ( seq INTEGER PRIMARY KEY, deployment_id TEXT NOT NULL REFERENCES "
+    "deployments (id), status TEXT NOT NULL, at TEXT NOT NULL, by TEXT, note TEXT ) table "
+    "prunes prunes CREATE TABLE prunes ( seq INTEGER PRIMARY KEY, at TEXT NOT NULL, by TEXT, "
+    "environment TEXT, keep INTEGER NOT NULL, removed INTEGER NOT NULL, removed_events "
+    "INTEGER NOT NULL, removed_ids TEXT NOT NULL )"
 )
 
 
@@ -767,6 +777,7 @@ _STORED_GRAMMAR: dict[str, Callable[[str], str]] = {
     "run_url": check_run_url,
     "rollback_of": check_id,
     "promoted_from": check_id,
+    "replaces": check_id,
 }
 
 
@@ -984,9 +995,11 @@ def connect(
 ) -> sqlite3.Connection:
     """Open the database, creating and migrating it only for a write.
 
-    Reading never creates a file. A file that is not ours (another schema, an
-    extra trigger or view), too large, or from a newer version of this tool
-    is refused before anything runs on it; every query runs under a deadline.
+    Reading never creates a file, and never changes one: a file an older
+    version wrote is read through a migrated in-memory copy. A file that is not
+    ours (another schema, an extra trigger or view), too large, or from a newer
+    version of this tool is refused before anything runs on it; every query
+    runs under a deadline.
     """
     # The path as pathlib would see it (no trailing '/'; '' is the current
     # folder), without importing pathlib: start-up time counts.
@@ -1016,7 +1029,7 @@ def connect(
         raise DatabaseProblem(f"cannot open database {path}: {error}") from None
     _set_deadline(db, deadline_seconds)
     try:
-        _check_schema(db, path, write=write)
+        return _checked(db, path, write=write, deadline_seconds=deadline_seconds)
     except DatabaseProblem:
         db.close()
         if (
@@ -1025,26 +1038,40 @@ def connect(
             or os.access(os.path.dirname(location) or ".", os.W_OK)
         ):
             raise
-        # A WAL database in a read-only folder cannot get its -shm file; as
-        # nobody can write there either, reading it as immutable is safe...
-        wal = f"{location}-wal"
-        if os.path.exists(wal) and os.path.getsize(wal) > 0:
-            # ...unless commits still sit in the -wal file: immutable skips them.
-            raise DatabaseProblem(
-                f"{wal} holds commits not yet in {path} and the folder is read-only;"
-                " open it once where it is writable"
-            ) from None
-        db = _open_uri(location, "mode=ro&immutable=1")
-        _set_deadline(db, deadline_seconds)
-        try:
-            _check_schema(db, path, write=False)
-        except BaseException:
-            db.close()
-            raise
+        return _open_immutable(location, path, deadline_seconds)
     except BaseException:
         db.close()
         raise
+
+
+def _checked(
+    db: sqlite3.Connection, path: str, *, write: bool, deadline_seconds: float
+) -> sqlite3.Connection:
+    """`db` once its schema is checked; for reading an older schema, a migrated copy."""
+    try:
+        _check_schema(db, path, write=write)
+    except _OlderSchema:
+        return _migrated_copy(db, deadline_seconds)
     return db
+
+
+def _open_immutable(location: str, path: str, deadline_seconds: float) -> sqlite3.Connection:
+    """A WAL database in a read-only folder cannot get its -shm file; as nobody can
+    write there either, reading it as immutable is safe, unless commits still sit in
+    the -wal file (immutable skips them)."""
+    wal = f"{location}-wal"
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        raise DatabaseProblem(
+            f"{wal} holds commits not yet in {path} and the folder is read-only;"
+            " open it once where it is writable"
+        ) from None
+    db = _open_uri(location, "mode=ro&immutable=1")
+    _set_deadline(db, deadline_seconds)
+    try:
+        return _checked(db, path, write=False, deadline_seconds=deadline_seconds)
+    except BaseException:
+        db.close()
+        raise
 
 
 def _open_uri(location: str, query: str) -> sqlite3.Connection:
@@ -1074,6 +1101,26 @@ def _set_deadline(db: sqlite3.Connection, seconds: float) -> None:
     db.set_progress_handler(past_deadline, 20_000)
 
 
+class _OlderSchema(DatabaseProblem):
+    """An older schema, opened for reading: read a private migrated copy."""
+
+
+def _migrated_copy(db: sqlite3.Connection, deadline_seconds: float) -> sqlite3.Connection:
+    """An in-memory copy of `db` (already checked) brought to the current schema: reads of
+    a history an older version wrote always work, and the file stays as it is."""
+    copy = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        db.backup(copy)
+        migrate(copy)
+    except sqlite3.Error as error:
+        copy.close()
+        raise DatabaseProblem(f"cannot read an upgraded copy of the database: {error}") from None
+    finally:
+        db.close()
+    _set_deadline(copy, deadline_seconds)
+    return copy
+
+
 def _check_schema(db: sqlite3.Connection, path: str, *, write: bool) -> None:
     try:
         # Functions in a crafted schema (views, triggers, defaults) must not run.
@@ -1093,7 +1140,8 @@ def _check_schema(db: sqlite3.Connection, path: str, *, write: bool) -> None:
     if version > len(MIGRATIONS):
         raise DatabaseProblem(
             f"{path} has schema version {version}, newer than this tool knows"
-            f" ({len(MIGRATIONS)}); upgrade deployment-tracker"
+            f" ({len(MIGRATIONS)}): a newer deployment-tracker wrote it; pin a release with"
+            f" schema {version} or later (README: Releases)"
         )
     shown = _normalised_schema(listing)
     current = version == len(MIGRATIONS) and shown == _SCHEMA
@@ -1107,10 +1155,7 @@ def _check_schema(db: sqlite3.Connection, path: str, *, write: bool) -> None:
             _prepare_for_writes(db, path)
         return
     if not write:
-        raise DatabaseProblem(
-            f"{path} has schema version {version}; any write command"
-            f" (e.g. record) upgrades it to {len(MIGRATIONS)}"
-        )
+        raise _OlderSchema(path)
     _prepare_for_writes(db, path)
     try:
         migrate(db)
@@ -1286,7 +1331,9 @@ def record_deployment(
         if existing is not None:
             _check_same_call(db, existing, record)
             return existing, False, None
-        replaced = running(db, request.environment) if is_rollback else None
+        current = running(db, request.environment)
+        record["replaces"] = current["id"] if current else None
+        replaced = current if is_rollback else None
         if replaced is not None and replaced["id"] == request.rollback_of:
             raise Refused(f"{request.rollback_of} is what is running in {request.environment} now")
         # A rollback redeploys what this environment already ran: no gate.
@@ -1568,6 +1615,52 @@ def _first_shipped(db: sqlite3.Connection, record: Record) -> Record:
     return record if first["blocked"] else first
 
 
+def settle(db: sqlite3.Connection, deployment_id: str, stage: str) -> tuple[Optional[Record], str]:
+    """What a workflow job does for the deployment its run recorded before the rollout:
+    the record to act on (None: nothing to do) and why, decided from the history alone,
+    so that a job re-run after its run finished does no harm.
+
+    `deploy` and `verify` act on the deployment while it is what runs and nothing has
+    settled it. `rollback` restores exactly the release it replaced (what ran when it was
+    recorded), while it runs and was not verified; a replaced release that was never
+    verified, or is blocked, is refused: that rollback is a person's decision.
+    """
+    record = get_deployment(db, deployment_id)
+    environment = record["environment"]
+    current = running(db, environment)
+    assert current is not None  # the record itself is in the environment
+    if current["id"] != deployment_id:
+        return None, f"{deployment_id} no longer runs in {environment} (now: {current['id']})"
+    status = record["status"]
+    if stage in ("deploy", "verify"):
+        if status != "deployed":
+            return None, f"{deployment_id} is already {status}"
+        return record, f"{stage} {deployment_id}"
+    if status in ("verified", "rolled_back"):
+        return None, f"{deployment_id} is {status}: nothing to roll back"
+    replaced_id = record["replaces"]
+    if replaced_id is None:
+        return None, f"nothing ran in {environment} before {deployment_id}: nothing to restore"
+    replaced = _find(db, replaced_id)
+    if replaced is None:
+        raise Refused(
+            f"{deployment_id} replaced {replaced_id}, which is no longer in the history;"
+            f" roll {environment} back by hand"
+        )
+    if replaced["verified_at"] is None:
+        raise Refused(
+            f"{deployment_id} replaced {replaced_id}, which was never verified (status"
+            f" {replaced['status']}); roll {environment} back by hand"
+        )
+    if replaced["blocked"]:
+        raise Refused(
+            f"{deployment_id} replaced {replaced_id}, which is blocked"
+            f" ({replaced['blocked_reason']}); roll {environment} back by hand"
+        )
+    target = _first_shipped(db, replaced)
+    return target, f"restore {target['id']}, which {deployment_id} replaced"
+
+
 # ==========================================================================
 # Data layer: control (promotion gates, promote, block, prune)
 # ==========================================================================
@@ -1720,7 +1813,9 @@ def plan_prune(
     In each environment (or only `environment`) the newest `keep` stay, and so
     do: the running deployment, the latest verified one, the rollback
     candidate, every blocked one, and everything a staying deployment links to
-    through rollback_of or promoted_from, in any environment. Links always
+    through rollback_of or promoted_from, in any environment. (What `settle`
+    restores, the verified release the running one replaced, is the latest
+    verified one while the running one is not.) Links always
     point to older deployments, so one pass from the newest finds them all.
     """
     seen: dict[str, int] = {}
@@ -3498,6 +3593,50 @@ def rollback_target_command(
     for problem in problems:
         _warn(f"forced: deployment {target['id']} {problem}")
     _emit_one(target, output)
+
+
+@cli.command("settle")
+@_deployment_argument()
+@click.option(
+    "--stage",
+    type=click.Choice(SETTLE_STAGES),
+    required=True,
+    help="The workflow job asking.",
+)
+@click.option(
+    "--github-output",
+    is_flag=True,
+    help="Also append action, reason and the fields to act on to $GITHUB_OUTPUT.",
+)
+@click.pass_context
+def settle_command(
+    ctx: click.Context,
+    /,
+    id_argument: Optional[str],
+    id_option: Optional[str],
+    stage: str,
+    github_output: bool,
+) -> None:
+    """What a workflow job does for its run's deployment, from the history alone.
+
+    Prints the action (deploy, verify, rollback or none) and says why on
+    stderr; --github-output also writes `action`, `reason` and, to act on, the
+    deployment's fields (for rollback: the release to restore, exactly the one
+    this deployment replaced). A job re-run after its run finished finds none.
+
+    \b
+    Example:
+        deployment-tracker settle --id main_3f2c9e1_20260415123456 --stage rollback
+    """
+    output_file = _writable_github_output() if github_output else None
+    db, deployment_id = _named_deployment(ctx, id_argument, id_option, None)
+    target, reason = settle(db, deployment_id, stage)
+    action = stage if target is not None else "none"
+    click.echo(f"{action}: {_printable(reason)}", err=True)
+    if output_file is not None:
+        values: Record = {**trusted(target)} if target is not None else {}
+        _write_github_output(output_file, {**values, "action": action, "reason": reason})
+    click.echo(action)
 
 
 @cli.command("block")

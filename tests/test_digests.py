@@ -107,7 +107,7 @@ def test_a_version_4_database_gains_the_column_and_keeps_its_rows(
     assert rows["old_abcdef1_20250101000000"]["image_digest"] is None
     assert rows[new]["image_digest"] == DIGEST
     with closing(sqlite3.connect(db_path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == len(dt.MIGRATIONS) == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(dt.MIGRATIONS)
 
 
 def test_an_altered_digest_never_reaches_a_decision(

@@ -43,6 +43,7 @@ from history_helpers import (
     history_commits,
     history_db,
     history_records,
+    protect,
     put_history_file,
     with_history,
 )
@@ -727,6 +728,105 @@ def test_a_rollback_and_a_promotion_redeploy_the_digest_that_was_verified(world:
     assert world.calls_of("docker") == []
 
 
+# --------------------------------------------------------------------------
+# Failures a real run meets (issue 16): afterwards the history says what runs, kubectl only ever
+# set the run's new image or the one that ran before it, and nothing good is marked rolled back.
+# --------------------------------------------------------------------------
+
+
+def assert_history_tells_what_runs(world: World) -> None:
+    """The newest staging deployment is the image the service runs."""
+    staging = [r for r in world.records().values() if r["environment"] == "staging"]
+    (newest,) = [r for r in staging if not any(o["replaces"] == r["id"] for o in staging)]
+    assert world.service.state.version == newest["image_tag"], (newest, world.service.state)
+
+
+def test_a_protected_history_branch_deploys_nothing_and_quotes_the_server(world: World) -> None:
+    """The history branch refuses every push (a ruleset: GH013). Fakes: docker, kubectl."""
+    older = world.seed("staging", SHA_OLDER, "20260101100000")
+    running = world.seed("staging", SHA_NEWER, "20260102100000")
+    protect(world.remote)
+    world.commit("a change")
+    before = history_commits(world.remote)
+
+    result = world.run("push")
+
+    assert result.returncode != 0
+    assert "::error title=deployment-history::the server refused the push to" in result.output
+    assert "GH013: Repository rule violations found" in result.output, failure_report(result)
+    assert world.images_set() == []  # built, but never rolled out
+    assert "Automatic rollback" not in "\n".join(summary_lines(result))
+    assert history_commits(world.remote) == before
+    records = world.records()
+    assert records[running]["status"] == records[older]["status"] == "verified"
+    assert world.service.state.version == running
+
+
+def test_a_record_the_tracker_refuses_deploys_nothing(world: World) -> None:
+    """The commit's committer date is an hour ahead: the record is refused before the rollout
+    (it used to come after it, and the rollback then went two releases back). Fakes: docker,
+    kubectl."""
+    world.seed("staging", SHA_OLDER, "20260101100000")
+    running = world.seed("staging", SHA_NEWER, "20260102100000")
+    ahead = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 3600))
+    (world.repo / "CHANGES").write_text("from the future\n")
+    git("add", "CHANGES", cwd=world.repo)
+    subprocess.run(
+        ["git", "commit", "--quiet", "-m", "from the future"],
+        cwd=world.repo,
+        env={**os.environ, "GIT_COMMITTER_DATE": ahead},
+        check=True,
+    )
+
+    result = world.run("push")
+
+    assert result.returncode != 0
+    assert "commit time is in the future" in result.output, failure_report(result)
+    assert world.images_set() == []
+    assert "Automatic rollback" not in "\n".join(summary_lines(result))
+    records = world.records()
+    assert len(records) == 2 and all(r["status"] == "verified" for r in records.values())
+    assert world.service.state.version == running
+
+
+def test_a_check_that_passed_is_not_rolled_back_when_recording_it_fails(world: World) -> None:
+    """The history refuses only the verification's push. Fakes: docker, kubectl."""
+    world.seed("staging", SHA_OLDER, "20260101100000")
+    world.commit("a good change")
+    protect(world.remote, refusing="^deployment-tracker verify")
+
+    result = world.run("push")
+
+    assert result.returncode != 0
+    assert "GH013" in result.output, failure_report(result)
+    (new,) = [r for r in world.records().values() if r["replaces"]]
+    assert new["status"] == "deployed"  # what runs, never verified in the history
+    assert [image.split(":")[1].split("@")[0] for image in world.images_set()] == [new["id"]]
+    assert "Automatic rollback" not in "\n".join(summary_lines(result))
+    assert_history_tells_what_runs(world)
+
+
+def test_a_failed_check_restores_exactly_what_the_run_replaced(world: World) -> None:
+    """Z then A verified, A running; B fails its check: A comes back, Z and A stay verified.
+    Fakes: docker, kubectl; the real service answers 500 for B's image."""
+    oldest = world.seed("staging", SHA_OLDER, "20260101100000")
+    running = world.seed("staging", SHA_NEWER, "20260102100000")
+    world.service.state.broken_commits.add(world.commit("a broken change"))
+
+    result = world.run("push")
+
+    assert result.returncode != 0
+    records = world.records()
+    (failed,) = [r for r in records.values() if r["replaces"] == running and not r["rollback_of"]]
+    (rollback,) = [r for r in records.values() if r["rollback_of"]]
+    assert rollback["rollback_of"] == running and rollback["replaces"] == failed["id"]
+    assert failed["status"] == "failed"
+    assert records[oldest]["status"] == records[running]["status"] == "verified"
+    tags = [image.split(":")[1].split("@")[0] for image in world.images_set()]
+    assert tags == [failed["id"], running]
+    assert_history_tells_what_runs(world)
+
+
 def test_a_wheel_that_does_not_match_its_pinned_hash_is_never_installed(
     make_world: Any, tmp_path: Path
 ) -> None:
@@ -1071,9 +1171,14 @@ def test_two_runs_recording_at_the_same_time_both_land(make_world: Any, tmp_path
         (tmp_path / f"act-run-{number}.log").write_text(result.output)
         assert result.returncode == 0, failure_report(result)
     records = first.records()
-    assert {(r["commit_sha"], r["status"]) for r in records.values()} == {
-        (sha_a, "verified"),
-        (sha_b, "verified"),
-    }
-    # Two records and two verifications: four commits on one line of history.
-    assert len(history_commits(first.remote)) == 4
+    # Both records land. One staging runs either: the one recorded last is verified; the other
+    # is verified too if its check came first, else left deployed (it no longer ran).
+    assert {r["commit_sha"] for r in records.values()} == {sha_a, sha_b}
+    (newest,) = [r for r in records.values() if r["replaces"]]
+    (older,) = [r for r in records.values() if not r["replaces"]]
+    assert newest["replaces"] == older["id"]
+    assert newest["status"] == "verified"
+    assert older["status"] in ("verified", "deployed")
+    verifications = sum(r["status"] == "verified" for r in records.values())
+    # Two records and their verifications, on one line of history.
+    assert len(history_commits(first.remote)) == 2 + verifications

@@ -213,10 +213,11 @@ def test_deploy_triggers_concurrency_and_rollback_condition() -> None:
     assert "inputs.environment" in data["concurrency"]["group"]
     jobs = data["jobs"]
     assert list(jobs) == ["prepare", "build", "deploy", "verify", "rollback"]
+    # Only once this run's rollout started, and only for a failed rollout or smoke check.
     condition = " ".join(jobs["rollback"]["if"].split())
     assert condition == (
-        "${{ !cancelled() && needs.prepare.result == 'success'"
-        " && (needs.deploy.result == 'failure' || needs.verify.result == 'failure') }}"
+        "${{ !cancelled() && needs.deploy.outputs.rollout_started == 'true'"
+        " && (needs.deploy.result == 'failure' || needs.verify.outputs.check == 'failed') }}"
     )
     # The history is pushed only by the jobs that write it, and only they may write contents.
     for job_id, job in jobs.items():
@@ -278,6 +279,7 @@ PLACEHOLDERS = {
     "--committed-at": "2026-01-01T10:00:00+00:00",
     "--image-digest": "sha256:" + "0" * 64,
     "--from": "staging",
+    "--stage": "rollback",
     "--to": "production",
     "--db": "/tmp/deployments.db",
     "--record": "/tmp/record.json",
@@ -295,6 +297,8 @@ def tracker_calls(script: str) -> list[list[str]]:
     calls = []
     for match in TOOL_CALL.finditer(joined):
         words = shlex.split(match.group(0), comments=True, posix=True)
+        if joined[: match.start()].endswith("$("):  # a command substitution ends at its ')'
+            words = [word.removesuffix(")") for word in words]
         end = next((i for i, word in enumerate(words) if word in STOP_WORDS), len(words))
         tool_name, words = words[0], words[1:end]
         if tool_name == "deployment-history":
@@ -353,7 +357,7 @@ def all_calls() -> list[tuple[str, list[str]]]:
 def test_the_deploy_workflow_uses_every_operation_it_needs() -> None:
     paths = {parse(call) for _, call in all_calls()}
     assert ("deployment-tracker", "new-id") in paths
-    for inner in ("record", "verify", "rollback-target", "promote", "get", "timeline"):
+    for inner in ("record", "settle", "verify", "rollback-target", "promote", "get", "timeline"):
         assert ("deployment-history", inner) in paths, inner
     assert ("deployment-notify", "notify") in paths
     assert "with-history" not in DEPLOY.read_text(encoding="utf-8")

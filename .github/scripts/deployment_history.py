@@ -97,7 +97,7 @@ EXPECTED_INDEXES = {
 }
 # Commands that only read: they never push, and need the branch to exist.
 READ_COMMANDS = frozenset(
-    {"list", "latest", "get", "rollback-target", "promote", "stats", "timeline"}
+    {"list", "latest", "get", "rollback-target", "promote", "settle", "status", "stats", "timeline"}
 )
 FALLBACK_IDENTITY = {
     "GIT_AUTHOR_NAME": "deployment-tracker",
