@@ -9,17 +9,17 @@ only runs SQL and builds records. What talks to git or HTTP for the workflow
 (the history branch, webhooks) lives with the workflow in .github/scripts and
 drives this file through its command line. Sections, in reading order:
 
-      40-379   Constants and SQL
-     381-407   Errors
-     410-634   Migrations
-     637-981   Validation and ids
-     984-1205  Connection and transactions
-    1208-1661  Data layer: records
-    1664-1909  Data layer: control (promotion gates, promote, block, prune)
-    1912-2059  Data layer: insight (DORA figures, the deployments of a window, status, completion)
-    2062-2840  Output
-    2843-3948  CLI
-    3951-3961  main
+      40-383   Constants and SQL
+     385-411   Errors
+     414-638   Migrations
+     641-989   Validation and ids
+     992-1213  Connection and transactions
+    1216-1669  Data layer: records
+    1672-2003  Data layer: control (promotion gates, promote, block, prune)
+    2006-2153  Data layer: insight (DORA figures, the deployments of a window, status, completion)
+    2156-2934  Output
+    2937-4110  CLI
+    4113-4123  main
 """
 
 from __future__ import annotations
@@ -160,6 +160,10 @@ class _LazyPattern:
 # Docker's tag grammar: 128 characters at most, no leading '.' or '-'.
 _TAG_PATTERN = _LazyPattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST_PATTERN = _LazyPattern(r"sha256:[0-9a-f]{64}")
+# An image repository as docker names it: a registry host (and port), then lowercase path parts.
+_REPOSITORY_PATTERN = _LazyPattern(
+    r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+"
+)
 _ID_PATTERN = _LazyPattern(r"(?P<branch>.+)_(?P<sha>[0-9a-f]{7})_(?P<timestamp>\d{14})")
 _SHA_PATTERN = _LazyPattern(r"[0-9a-f]{7,40}|[0-9a-f]{64}")
 _ENVIRONMENT_PATTERN = _LazyPattern(r"[a-z][a-z0-9_-]{0,62}")
@@ -728,6 +732,9 @@ def _matching(pattern: _LazyPattern, rule: str) -> Callable[[str], str]:
 check_sha = _matching(_SHA_PATTERN, "commit must be 7 to 40 (or 64) lowercase hex characters")
 check_image_tag = _matching(_TAG_PATTERN, "image tag is not a valid Docker tag")
 check_digest = _matching(_DIGEST_PATTERN, "image digest must be sha256: and 64 lowercase hex")
+check_repository = _matching(
+    _REPOSITORY_PATTERN, "image repository must be REGISTRY/NAME in lowercase, as docker names it"
+)
 check_run_id = _matching(_RUN_ID_PATTERN, "run id must be a number")
 # A full id, the start of one, or a commit's short sha: all are tag characters.
 check_id_or_prefix = _matching(
@@ -778,6 +785,7 @@ _STORED_GRAMMAR: dict[str, Callable[[str], str]] = {
     "rollback_of": check_id,
     "promoted_from": check_id,
     "replaces": check_id,
+    "source_id": check_id,
 }
 
 
@@ -1737,6 +1745,92 @@ def promotion_candidate(
             f"{target} already runs image {candidate['image_tag']} (deployment {current['id']})"
         )
     return candidate
+
+
+class PlanRequest(NamedTuple):
+    """What a workflow run was asked: checked by click as it parses."""
+
+    environment: str
+    rollback: bool
+    deployment_id: Optional[str]  # a whole id: what to restore or to promote
+    branch: str  # the run's branch and commit
+    commit_sha: str
+    repository: str  # where the images are (REGISTRY/NAME), lowercase
+
+
+def plan_run(
+    db: sqlite3.Connection,
+    request: PlanRequest,
+    *,
+    gates: dict[str, str],
+    now: Optional[datetime] = None,
+) -> Record:
+    """What a run does, decided from the history and its inputs, before anything changes.
+
+    A rollback redeploys `rollback_target`'s image. An environment that
+    promotions reach (a gate's target, or production from staging with the gates
+    off) gets the verified image of the chosen deployment, or of the run's
+    commit; without one, a gated environment refuses and an ungated one builds
+    the commit. Anything else builds and deploys the commit. The new
+    deployment's id names the commit of the image it runs.
+    """
+    environment = request.environment
+    source = gates.get(environment) or parse_gates(None).get(environment)
+    chosen = request.deployment_id
+    if request.rollback:
+        target, _ = rollback_target(db, environment, chosen)
+        return _planned("rollback", "rollback", request, target, now)
+    if chosen is not None and source is None:
+        raise InvalidInput(
+            f"a deployment id is for a rollback, or a promotion into an environment that"
+            f" promotions reach; {environment} builds what it deploys"
+        )
+    if source is None:
+        return _planned("deploy", "push", request, None, now)
+    if chosen is not None:
+        candidate = promotion_candidate(db, source, environment, deployment_id=chosen)
+        return _planned("promote", "chosen", request, candidate, now)
+    try:
+        candidate = promotion_candidate(db, source, environment, commit_sha=request.commit_sha)
+    except NotFound as error:
+        if gates.get(environment) is not None:
+            raise NotFound(
+                f"{error}, and the {source}:{environment} gate requires one: deploy commit"
+                f" {request.commit_sha} to {source} first, promote a verified {source}"
+                f" deployment by its id, or turn the gate off ({GATES_ENV_VAR}=none)"
+            ) from None
+        return _planned("deploy", "ungated", request, None, now)
+    return _planned("promote", "commit", request, candidate, now)
+
+
+def _planned(
+    mode: str,
+    case: str,
+    request: PlanRequest,
+    source: Optional[Record],
+    now: Optional[datetime],
+) -> Record:
+    """The plan's values, as the workflow's later jobs read them."""
+    branch = source["branch"] if source else request.branch
+    commit_sha = source["commit_sha"] if source else request.commit_sha
+    deployment_id = make_id(branch, commit_sha, now or utc_now())
+    image_tag = source["image_tag"] if source else deployment_id
+    return {
+        "mode": mode,
+        "case": case,
+        "environment": request.environment,
+        "id": deployment_id,
+        "branch": branch,
+        "commit_sha": commit_sha,
+        "image_tag": image_tag,
+        "repository": request.repository,
+        "image": f"{request.repository}:{image_tag}",
+        "image_digest": source["image_digest"] if source else None,
+        "source_id": source["id"] if source else None,
+        "source_actor": source["actor"] if source else None,
+        "source_verified_by": source["verified_by"] if source else None,
+        "source_verified_at": source["verified_at"] if source else None,
+    }
 
 
 def _verified_deployment_of(db: sqlite3.Connection, commit_sha: str, environment: str) -> Record:
@@ -3052,6 +3146,7 @@ _BRANCH = _CheckedType("branch", check_branch, "branch")
 _SHA = _CheckedType("sha", check_sha)
 _DEPLOYMENT = _CheckedType("id", check_id_or_prefix, "id")
 _FULL_ID = _CheckedType("id", check_id, "id")
+_REPOSITORY = _CheckedType("repository", check_repository)
 _IMAGE_TAG = _CheckedType("tag", check_image_tag)
 _IMAGE_DIGEST = _CheckedType("digest", check_digest)
 _RUN_ID = _CheckedType("run id", check_run_id)
@@ -3637,6 +3732,73 @@ def settle_command(
         values: Record = {**trusted(target)} if target is not None else {}
         _write_github_output(output_file, {**values, "action": action, "reason": reason})
     click.echo(action)
+
+
+@cli.command("plan")
+@click.option(
+    "--environment",
+    "-e",
+    type=_ENVIRONMENT,
+    default="staging",
+    show_default=True,
+    help="Where the run deploys.",
+)
+@click.option("--rollback", is_flag=True, help="Roll back instead of deploying.")
+@click.option(
+    "--id",
+    "deployment_id",
+    type=_FULL_ID,
+    help="The whole id to restore (--rollback) or to promote; no prefix, no commit.",
+)
+@click.option("--branch", "-b", type=_BRANCH, required=True, help="The run's branch.")
+@click.option("--commit", "-c", "commit_sha", type=_SHA, required=True, help="The run's commit.")
+@click.option(
+    "--repository",
+    type=_REPOSITORY,
+    required=True,
+    help="The image repository, REGISTRY/NAME, e.g. ghcr.io/acme/app.",
+)
+@_gates_option()
+@click.option("--github-output", is_flag=True, help="Also append the plan to $GITHUB_OUTPUT.")
+@click.pass_context
+def plan_command(
+    ctx: click.Context, /, gates: dict[str, str], github_output: bool, **fields: Any
+) -> None:
+    """Decide what a workflow run does, before anything changes; print its mode.
+
+    deploy (build the commit), promote (redeploy the verified image of the
+    chosen deployment, or of the commit, into an environment promotions
+    reach) or rollback (redeploy rollback-target's image). No history yet
+    counts as an empty one. --github-output writes mode, case, the new
+    deployment's id, branch, commit and image, and the source it redeploys.
+
+    \b
+    Example:
+        deployment-tracker plan -e production --branch main --commit 3f2c9e1d \\
+            --repository ghcr.io/acme/app
+    """
+    output_file = _writable_github_output() if github_output else None
+    request = PlanRequest(**fields)
+    db_path: str = ctx.find_root().obj
+    db = connect(db_path, write=False) if os.path.exists(db_path) else _empty_history()
+    try:
+        planned = plan_run(db, request, gates=gates)
+    finally:
+        db.close()
+    if planned["case"] == "ungated":
+        _warn(
+            f"commit {request.commit_sha} has no verified deployment to promote, and no gate"
+            f" guards {request.environment}: it is built and deployed"
+        )
+    if output_file is not None:
+        _write_github_output(output_file, trusted(planned))
+    click.echo(planned["mode"])
+
+
+def _empty_history() -> sqlite3.Connection:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(db)
+    return db
 
 
 @cli.command("block")

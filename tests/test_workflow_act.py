@@ -1023,9 +1023,10 @@ def test_production_takes_only_a_whole_id_so_a_branch_named_like_a_sha_cannot_st
     result = world.run("workflow_dispatch", environment="production", deployment_id=good[:7])
 
     assert result.returncode != 0
-    assert f"::error title=deployment-tracker::no deployment with id {good[:7]}" in (
-        result.output
-    ), failure_report(result)
+    assert (
+        "::error title=deployment-tracker::Invalid value for '--id': deployment id must look like"
+        f" BRANCH_SHA7_YYYYmmddHHMMSS: '{good[:7]}'"
+    ) in result.output, failure_report(result)
     assert world.calls_of("kubectl") == [] and world.calls_of("docker") == []
     assert history_commits(world.remote) == before
 
