@@ -48,6 +48,8 @@ from history_helpers import (
     with_history,
 )
 
+import deployment_tracker as dt
+
 pytestmark = pytest.mark.act
 
 BIN = str(Path(sys.executable).parent)
@@ -825,6 +827,60 @@ def test_a_failed_check_restores_exactly_what_the_run_replaced(world: World) -> 
     tags = [image.split(":")[1].split("@")[0] for image in world.images_set()]
     assert tags == [failed["id"], running]
     assert_history_tells_what_runs(world)
+
+
+def test_a_history_a_newer_release_wrote_stops_the_run_before_anything_deploys(
+    world: World,
+) -> None:
+    """Another branch's newer pin upgraded the shared history. Fakes: docker, kubectl (neither
+    may be called)."""
+    world.seed("staging", SHA_OLDER, "20260101100000")
+    db = history_db(world.remote, world.base / "newer.db")
+    newer = len(dt.MIGRATIONS) + 1
+    with closing(sqlite3.connect(db, isolation_level=None)) as connection:
+        connection.execute(f"PRAGMA user_version = {newer}")
+    put_history_file(world.remote, db.read_bytes())
+    before = history_commits(world.remote)
+    world.commit("a change")
+
+    result = world.run("push")
+
+    assert result.returncode != 0
+    assert f"has schema version {newer}, newer than this tool knows" in result.output
+    assert f"pin a release with schema {newer} or later" in result.output, failure_report(result)
+    assert world.calls_of("docker") == [] and world.calls_of("kubectl") == []
+    assert history_commits(world.remote) == before
+
+
+def test_a_history_an_older_release_wrote_still_rolls_back(world: World) -> None:
+    """The history is at schema 4 (release 0.2.0): a manual rollback reads it (a migrated copy)
+    and its record upgrades it. Fakes: kubectl (docker must not be called)."""
+    older, newer = "main_2222222_20260101100000", "main_3333333_20260102100000"
+    db = world.base / "v4.db"
+    with closing(sqlite3.connect(db, isolation_level=None)) as connection:
+        for step in dt.MIGRATIONS[:4]:
+            step(connection)
+        connection.execute(f"PRAGMA application_id = {dt.APPLICATION_ID}")
+        connection.execute("PRAGMA user_version = 4")
+        for deployment_id, commit in ((older, SHA_OLDER), (newer, SHA_NEWER)):
+            connection.execute(
+                "INSERT INTO deployments (id, environment, branch, commit_sha, image_tag, status,"
+                " deployed_at, verified_at) VALUES (?, 'production', 'main', ?, ?, 'verified',"
+                " '2026-01-01T10:00:00Z', '2026-01-01T10:05:00Z')",
+                (deployment_id, commit, deployment_id),
+            )
+    put_history_file(world.remote, db.read_bytes())
+
+    result = world.run("workflow_dispatch", environment="production", rollback="true")
+
+    assert result.returncode == 0, failure_report(result)
+    assert world.images_set() == [f"app=ghcr.io/acme/webapp:{older}"]  # no digest then: by tag
+    assert "Deployed by tag" in result.output
+    records = world.records()
+    (rollback,) = [r for r in records.values() if r["rollback_of"]]
+    assert rollback["rollback_of"] == older and rollback["replaces"] == newer
+    assert records[newer]["status"] == "rolled_back"
+    assert world.calls_of("docker") == []
 
 
 def test_a_wheel_that_does_not_match_its_pinned_hash_is_never_installed(
