@@ -1158,12 +1158,40 @@ def test_a_half_configured_repository_fails_naming_what_is_missing(world: World)
     assert result.returncode != 0
     errors = [line for line in result.output.splitlines() if "::error" in line or "missing" in line]
     text = "\n".join(errors)
-    assert "variable ENVIRONMENT_URL" in text and "secret KUBECONFIG" in text, failure_report(
-        result
-    )
-    assert "K8S_DEPLOYMENT" not in text
+    assert "variable ENVIRONMENT_URL" in text, failure_report(result)
+    assert "K8S_DEPLOYMENT" not in text and "KUBECONFIG" not in text
     assert world.calls_of("docker") == [] and world.calls_of("kubectl") == []
     assert history_commits(world.remote) == []
+
+
+def test_the_credential_is_needed_only_by_the_jobs_that_deploy(world: World) -> None:
+    """No KUBECONFIG where prepare could see it: the run plans and builds; the deploy job,
+    which names the environment, finds none and stops before anything is recorded, unless
+    the runner's kubectl has its own configuration. Fakes: docker, kubectl."""
+    variables, secrets = world.settings()
+    del secrets["KUBECONFIG"]
+    world.commit("a change")
+
+    result = world.run("push", variables=variables, secrets=secrets)
+
+    assert result.returncode == 0, failure_report(result)  # the fake kubectl has a context
+    (record,) = world.records().values()
+    assert record["status"] == "verified"
+    assert world.calls_of("kubectl")[0] == ["config", "current-context"]
+    world.forget_calls()
+    (world.calls / "no-context").touch()
+    world.commit("another change")
+    before = history_commits(world.remote)
+
+    result = world.run("push", variables=variables, secrets=secrets)
+
+    assert result.returncode != 0
+    assert "no secret KUBECONFIG for staging, and kubectl on this runner has no configuration" in (
+        result.output
+    ), failure_report(result)
+    assert world.images_set() == []
+    assert history_commits(world.remote) == before
+    assert "Automatic rollback" not in "\n".join(summary_lines(result))
 
 
 # --------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -395,3 +396,13 @@ def test_the_contract_check_catches_drift(script: str) -> None:
     (call,) = tracker_calls(text.replace('"$FILE"', "/tmp/record.json"))
     with pytest.raises(click.ClickException):
         parse(call)
+
+
+def test_the_cluster_credential_is_read_only_in_jobs_that_name_their_environment() -> None:
+    """Issue 17: a job without `environment:` runs for any branch, unreviewed; it must not see
+    the credential (an environment's secret reaches only jobs that name the environment)."""
+    for job_id, job in load(DEPLOY)["jobs"].items():
+        text = json.dumps(job)
+        if "secrets.KUBECONFIG" in text:
+            assert "environment" in job, job_id
+    assert "secrets.KUBECONFIG" not in json.dumps(load(DEPLOY)["jobs"]["prepare"])
