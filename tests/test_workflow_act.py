@@ -632,7 +632,7 @@ def test_a_push_builds_deploys_and_verifies(make_world: Any, kind: str) -> None:
     assert record["commit_sha"] == sha
     assert tag.startswith(f"feature-login_{sha[:7]}_")
     assert record["status"] == "verified"
-    assert record["verified_by"] == "alice"
+    assert record["verified_by"] == "smoke-check (run by alice)"  # the check, not the pusher
     assert record["actor"] == "alice"
     assert record["committed_at"], "the commit time is recorded for lead-time statistics"
     image = f"ghcr.io/acme/webapp:{tag}"
