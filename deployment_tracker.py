@@ -12,14 +12,14 @@ drives this file through its command line. Sections, in reading order:
       40-383   Constants and SQL
      385-411   Errors
      414-638   Migrations
-     641-989   Validation and ids
-     992-1213  Connection and transactions
-    1216-1669  Data layer: records
-    1672-2003  Data layer: control (promotion gates, promote, block, prune)
-    2006-2153  Data layer: insight (DORA figures, the deployments of a window, status, completion)
-    2156-2934  Output
-    2937-4110  CLI
-    4113-4123  main
+     641-990   Validation and ids
+     993-1214  Connection and transactions
+    1217-1670  Data layer: records
+    1673-2017  Data layer: control (promotion gates, promote, block, prune)
+    2020-2167  Data layer: insight (DORA figures, the deployments of a window, status, completion)
+    2170-2948  Output
+    2951-4124  CLI
+    4127-4137  main
 """
 
 from __future__ import annotations
@@ -786,6 +786,7 @@ _STORED_GRAMMAR: dict[str, Callable[[str], str]] = {
     "promoted_from": check_id,
     "replaces": check_id,
     "source_id": check_id,
+    "replaces_id": check_id,
 }
 
 
@@ -1777,19 +1778,24 @@ def plan_run(
     environment = request.environment
     source = gates.get(environment) or parse_gates(None).get(environment)
     chosen = request.deployment_id
+    current = running(db, environment)
+
+    def planned(mode: str, case: str, image_source: Optional[Record]) -> Record:
+        return _planned(mode, case, request, image_source, current, now)
+
     if request.rollback:
         target, _ = rollback_target(db, environment, chosen)
-        return _planned("rollback", "rollback", request, target, now)
+        return planned("rollback", "rollback", target)
     if chosen is not None and source is None:
         raise InvalidInput(
             f"a deployment id is for a rollback, or a promotion into an environment that"
             f" promotions reach; {environment} builds what it deploys"
         )
     if source is None:
-        return _planned("deploy", "push", request, None, now)
+        return planned("deploy", "push", None)
     if chosen is not None:
         candidate = promotion_candidate(db, source, environment, deployment_id=chosen)
-        return _planned("promote", "chosen", request, candidate, now)
+        return planned("promote", "chosen", candidate)
     try:
         candidate = promotion_candidate(db, source, environment, commit_sha=request.commit_sha)
     except NotFound as error:
@@ -1799,8 +1805,8 @@ def plan_run(
                 f" {request.commit_sha} to {source} first, promote a verified {source}"
                 f" deployment by its id, or turn the gate off ({GATES_ENV_VAR}=none)"
             ) from None
-        return _planned("deploy", "ungated", request, None, now)
-    return _planned("promote", "commit", request, candidate, now)
+        return planned("deploy", "ungated", None)
+    return planned("promote", "commit", candidate)
 
 
 def _planned(
@@ -1808,9 +1814,10 @@ def _planned(
     case: str,
     request: PlanRequest,
     source: Optional[Record],
+    current: Optional[Record],
     now: Optional[datetime],
 ) -> Record:
-    """The plan's values, as the workflow's later jobs read them."""
+    """The plan's values, as the workflow's later jobs read them (`current`: what runs now)."""
     branch = source["branch"] if source else request.branch
     commit_sha = source["commit_sha"] if source else request.commit_sha
     deployment_id = make_id(branch, commit_sha, now or utc_now())
@@ -1830,7 +1837,14 @@ def _planned(
         "source_actor": source["actor"] if source else None,
         "source_verified_by": source["verified_by"] if source else None,
         "source_verified_at": source["verified_at"] if source else None,
+        "replaces_id": current["id"] if current else None,
+        "replaces_image": _image_reference(request.repository, current) if current else None,
     }
+
+
+def _image_reference(repository: str, record: Record) -> str:
+    digest = record["image_digest"]
+    return f"{repository}:{record['image_tag']}" + (f"@{digest}" if digest else "")
 
 
 def _verified_deployment_of(db: sqlite3.Connection, commit_sha: str, environment: str) -> Record:

@@ -77,3 +77,16 @@ def test_the_console_examples_print_what_the_readme_shows(tmp_path: Path) -> Non
         assert result.returncode == 0, f"$ {command}\n{result.stdout}{result.stderr}"
         assert normalised(result.stdout) == normalised(expected), f"$ {command}"
     assert (tmp_path / ".github" / "deployments.db").exists()
+
+
+def test_the_readme_shows_the_example_caller_s_job_as_it_is() -> None:
+    shown = re.search(r"```yaml\njobs:\n(.+?)```", README, flags=re.DOTALL)
+    assert shown is not None
+    caller = (REPO / ".github" / "examples" / "deploy-caller.yml").read_text(encoding="utf-8")
+    job = caller[caller.index("  deploy:\n") :]
+
+    def lines(text: str) -> list[str]:
+        # The README names no release, and the file's job has a display name.
+        return [line for line in text.splitlines() if not re.match(r"\s+(uses|name):", line)]
+
+    assert lines(shown.group(1)) == lines(job)

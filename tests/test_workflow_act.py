@@ -537,6 +537,20 @@ class World:
     def artifact(self, name: str, file: str) -> Any:
         return json.loads((self.artifacts / name / file).read_text())
 
+    def configure(self, files: dict[str, str], **inputs: str) -> None:
+        """Commit the app's own scripts and set the caller's inputs for how the team deploys."""
+        caller = self.repo / ".github" / "workflows" / "deploy.yml"
+        text = caller.read_text(encoding="utf-8")
+        for name, value in inputs.items():
+            text, count = re.subn(rf"(?m)^(\s+{name}): .*$", rf"\1: {json.dumps(value)}", text)
+            assert count == 1, name
+        caller.write_text(text, encoding="utf-8")
+        for path, content in files.items():
+            (self.repo / path).parent.mkdir(parents=True, exist_ok=True)
+            (self.repo / path).write_text(content, encoding="utf-8")
+        git("add", "-A", cwd=self.repo)
+        git("commit", "--quiet", "-m", "how this team deploys", cwd=self.repo)
+
     def assert_untouched(self) -> None:
         """The application's files and packaging are as it committed them, nothing added."""
         assert git("status", "--porcelain", "--untracked-files=all", cwd=self.repo) == ""
@@ -881,6 +895,64 @@ def test_a_history_an_older_release_wrote_still_rolls_back(world: World) -> None
     assert rollback["rollback_of"] == older and rollback["replaces"] == newer
     assert records[newer]["status"] == "rolled_back"
     assert world.calls_of("docker") == []
+
+
+# A Helm-like deploy script of the app's own: records what it was given, and makes the fake
+# service run the tag (as a real `helm upgrade` would make the cluster run the image).
+HELM_LIKE = """#!/usr/bin/env bash
+set -euo pipefail
+printf '%s|%s|%s|%s|%s\\n' "$DEPLOY_IMAGE" "$IMAGE_DIGEST" "$DEPLOYMENT_ID" "$ENVIRONMENT" \\
+  "${REPLACED_IMAGE:-}" >> "$FAKE_CALLS_DIR/helm-upgrade.log"
+tag=${DEPLOY_IMAGE%@*}
+curl --fail --silent --data "${tag##*:}" "$FAKE_SERVICE_URL/_control/version" > /dev/null
+"""
+
+
+def test_a_custom_deploy_command_deploys_instead_of_kubectl(world: World) -> None:
+    """Fakes: docker (kubectl must not be called); the app's own deploy script runs."""
+    world.configure(
+        {"deploy/helm-upgrade.sh": HELM_LIKE}, deploy_command="bash deploy/helm-upgrade.sh"
+    )
+    variables, secrets = world.settings()
+    del variables["K8S_DEPLOYMENT"]  # the deploy command needs none of the K8S_* settings
+
+    result = world.run("push", variables=variables, secrets=secrets)
+
+    assert result.returncode == 0, failure_report(result)
+    (record,) = world.records().values()
+    assert record["status"] == "verified"
+    image = f"ghcr.io/acme/webapp:{record['image_tag']}"
+    calls = (world.calls / "helm-upgrade.log").read_text().splitlines()
+    assert calls == [f"{pinned(image)}|{digest_of(image)}|{record['id']}|staging|"]
+    assert world.calls_of("kubectl") == []
+
+
+def test_a_failing_custom_verification_rolls_back_what_the_run_replaced(world: World) -> None:
+    """The team's own suite fails for the new release: the release it replaced comes back.
+    Fakes: docker, kubectl."""
+    running = world.seed("staging", SHA_OLDER, "20260101100000")
+    suite = (
+        f'[[ "$EXPECTED_VERSION" == {running} ]] || {{ echo "checkout flow broken"; exit 1; }}\n'
+    )
+    world.configure({"tests/smoke.sh": suite}, verify_command="bash tests/smoke.sh")
+
+    result = world.run("push")
+
+    assert result.returncode != 0
+    records = world.records()
+    (failed,) = [r for r in records.values() if r["replaces"] == running and not r["rollback_of"]]
+    assert failed["status"] == "failed"
+    assert (
+        "the verification command failed (exit 1)"
+        in (
+            world.artifact(f"verification-{failed['id']}", "verification.json")["events"][-1][
+                "note"
+            ]
+        )
+    )
+    (rollback,) = [r for r in records.values() if r["rollback_of"]]
+    assert rollback["rollback_of"] == running and rollback["status"] == "verified"
+    assert world.service.state.version == running
 
 
 def test_a_wheel_that_does_not_match_its_pinned_hash_is_never_installed(

@@ -248,3 +248,76 @@ def test_the_workflow_pattern_records_even_when_the_check_fails(hostile_service:
     (recorded,) = [line for line in out.splitlines() if line.startswith("RECORDED ")]
     status, note = recorded[len("RECORDED ") :].split("|", 1)
     assert status == "failed" and "version check failed" in note and note.isprintable()
+
+
+# --------------------------------------------------------------------------
+# smoke-check.sh: a team's own check, and a bake time (issue 18)
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def flaky_service() -> Iterator[str]:
+    """Healthy for its first three health checks, broken after: a release that fails later."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            healthy = self.path != "/healthz" or seen.count("/healthz") <= 3
+            self.send_response(200 if healthy else 500)
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"ok\n")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def smoke(url: str, tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ENVIRONMENT_URL": url, "SMOKE_RETRIES": "1", "SMOKE_RETRY_DELAY": "0"}
+    return subprocess.run(
+        [str(SMOKE_CHECK)],
+        env={**env, **extra},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_the_team_s_own_check_runs_after_the_built_in_ones_and_decides(
+    flaky_service: str, tmp_path: Path
+) -> None:
+    url = flaky_service
+    (tmp_path / "suite.sh").write_text('echo "suite saw $ENVIRONMENT_URL"; exit "${FAIL:-0}"\n')
+    passed = smoke(url, tmp_path, VERIFY_COMMAND="bash suite.sh")
+    assert passed.returncode == 0, passed.stderr
+    assert passed.stdout == f"GET {url}/healthz answered 200; the verification command passed\n"
+    assert f"suite saw {url}" in passed.stderr
+    failed = smoke(url, tmp_path, VERIFY_COMMAND="bash suite.sh", FAIL="3")
+    assert failed.returncode == 1
+    assert failed.stdout.endswith("; the verification command failed (exit 3)\n")
+
+
+def test_a_bake_time_checks_again_and_catches_a_late_failure(
+    flaky_service: str, tmp_path: Path
+) -> None:
+    url = flaky_service
+    first = smoke(url, tmp_path, BAKE_SECONDS="1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout == f"GET {url}/healthz answered 200 (again after 1s)\n"
+    late = smoke(url, tmp_path, BAKE_SECONDS="1")
+    assert late.returncode == 1
+    assert (
+        late.stdout
+        == f"after 1s: health check failed: GET {url}/healthz answered 500 after 1 attempts\n"
+    )
+    assert smoke(url, tmp_path, BAKE_SECONDS="soon").returncode == 1

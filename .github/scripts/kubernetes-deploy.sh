@@ -8,6 +8,9 @@
 #   K8S_NAMESPACE    namespace (default: default)
 #   ROLLOUT_TIMEOUT  how long to wait for the rollout (default: 300s)
 #   KUBECONFIG_DATA  kubeconfig contents; when empty, kubectl's own configuration is used
+#   DEPLOY_COMMAND   a bash command that deploys instead (Helm, kustomize, ECS, a GitOps commit),
+#                    run with DEPLOY_IMAGE set to IMAGE@DIGEST (or IMAGE); the K8S_* settings
+#                    are then not needed. Its exit status is the rollout's.
 #   IMAGE_DIGEST     the image's digest (sha256:...): IMAGE@DIGEST is deployed, so what runs is
 #                    what was pushed and verified, whatever the tag points to now. Without it (a
 #                    deployment recorded before digests were), the tag is deployed, with a warning.
@@ -23,6 +26,10 @@ if [[ -n "$digest" ]]; then
   image="$image@$digest"
 else
   echo "::warning title=Deployed by tag::no digest is recorded for $image: the tag is deployed as the registry has it now"
+fi
+if [[ -n "${DEPLOY_COMMAND:-}" ]]; then
+  echo "Deploying $image with the deploy command"
+  DEPLOY_IMAGE=$image exec bash -c "$DEPLOY_COMMAND"
 fi
 deployment=${K8S_DEPLOYMENT:?set the K8S_DEPLOYMENT variable}
 container=${K8S_CONTAINER:-$deployment}

@@ -14,6 +14,11 @@
 #   SMOKE_RETRIES     attempts per check (default: 10)
 #   SMOKE_RETRY_DELAY seconds between attempts (default: 6)
 #   SMOKE_TIMEOUT     seconds per request (default: 10)
+#   VERIFY_COMMAND    the team's own check (a bash command, run in the current directory after
+#                     the built-in ones pass, with ENVIRONMENT_URL and EXPECTED_VERSION set);
+#                     its exit status decides, its output goes to stderr
+#   BAKE_SECONDS      once everything passed, wait this long and check everything again, so a
+#                     release that fails a few minutes in is still rolled back (default: 0)
 set -euo pipefail
 
 base=${ENVIRONMENT_URL:-}
@@ -26,6 +31,11 @@ health_url="$base${HEALTH_PATH:-/healthz}"
 retries=${SMOKE_RETRIES:-10}
 delay=${SMOKE_RETRY_DELAY:-6}
 timeout=${SMOKE_TIMEOUT:-10}
+bake=${BAKE_SECONDS:-0}
+if ! [[ "$bake" =~ ^[0-9]{1,5}$ ]]; then
+  echo "BAKE_SECONDS must be a whole number of seconds"
+  exit 1
+fi
 
 # The first 200 bytes of $1 with every byte outside printable ASCII (controls, escape
 # sequences, Latin-1, invalid or any other UTF-8) replaced by `?`. Pure bash: no pipeline
@@ -40,38 +50,66 @@ fetch() {
   curl --fail --silent --show-error --location --max-time "$timeout" "$1"
 }
 
-status=""
-for ((attempt = 1; attempt <= retries; attempt++)); do
-  status=$(curl --silent --output /dev/null --write-out '%{http_code}' --max-time "$timeout" \
-    "$health_url" || true)
-  if [[ "$status" =~ ^2[0-9][0-9]$ ]]; then
-    break
-  fi
-  echo "health check $attempt/$retries: GET $health_url answered ${status:-nothing}" >&2
-  if ((attempt < retries)); then sleep "$delay"; fi
-done
-if ! [[ "$status" =~ ^2[0-9][0-9]$ ]]; then
-  echo "health check failed: GET $health_url answered ${status:-nothing} after $retries attempts"
-  exit 1
-fi
-summary="GET $health_url answered $status"
-
-if [[ -n "${VERSION_PATH:-}" ]]; then
-  version_url="$base$VERSION_PATH"
-  expected=${EXPECTED_VERSION:?set EXPECTED_VERSION to check $version_url}
-  body=""
+# One round of every check: prints the summary line; non-zero when one fails.
+check_all() {
+  local status="" attempt body summary
   for ((attempt = 1; attempt <= retries; attempt++)); do
-    body=$(fetch "$version_url" 2>/dev/null || true)
-    if [[ "$body" == *"$expected"* ]]; then
+    status=$(curl --silent --output /dev/null --write-out '%{http_code}' --max-time "$timeout" \
+      "$health_url" || true)
+    if [[ "$status" =~ ^2[0-9][0-9]$ ]]; then
       break
     fi
-    echo "version check $attempt/$retries: $version_url does not report $expected yet" >&2
+    echo "health check $attempt/$retries: GET $health_url answered ${status:-nothing}" >&2
     if ((attempt < retries)); then sleep "$delay"; fi
   done
-  if [[ "$body" != *"$expected"* ]]; then
-    echo "version check failed: $version_url does not report $expected: $(printable "$body")"
-    exit 1
+  if ! [[ "$status" =~ ^2[0-9][0-9]$ ]]; then
+    echo "health check failed: GET $health_url answered ${status:-nothing} after $retries attempts"
+    return 1
   fi
-  summary="$summary; $version_url reports $expected"
+  summary="GET $health_url answered $status"
+
+  if [[ -n "${VERSION_PATH:-}" ]]; then
+    local version_url="$base$VERSION_PATH"
+    local expected=${EXPECTED_VERSION:?set EXPECTED_VERSION to check $version_url}
+    body=""
+    for ((attempt = 1; attempt <= retries; attempt++)); do
+      body=$(fetch "$version_url" 2>/dev/null || true)
+      if [[ "$body" == *"$expected"* ]]; then
+        break
+      fi
+      echo "version check $attempt/$retries: $version_url does not report $expected yet" >&2
+      if ((attempt < retries)); then sleep "$delay"; fi
+    done
+    if [[ "$body" != *"$expected"* ]]; then
+      echo "version check failed: $version_url does not report $expected: $(printable "$body")"
+      return 1
+    fi
+    summary="$summary; $version_url reports $expected"
+  fi
+
+  if [[ -n "${VERIFY_COMMAND:-}" ]]; then
+    local code=0
+    ENVIRONMENT_URL=$base bash -c "$VERIFY_COMMAND" >&2 || code=$?
+    if ((code)); then
+      echo "$summary; the verification command failed (exit $code)"
+      return 1
+    fi
+    summary="$summary; the verification command passed"
+  fi
+  echo "$summary"
+}
+
+summary=$(check_all) || {
+  echo "$summary"
+  exit 1
+}
+if ((bake > 0)); then
+  echo "all checks passed; checking again in ${bake}s" >&2
+  sleep "$bake"
+  summary=$(check_all) || {
+    echo "after ${bake}s: $summary"
+    exit 1
+  }
+  summary="$summary (again after ${bake}s)"
 fi
 echo "$summary"
