@@ -7,19 +7,20 @@ rollback can always go back to the latest *verified* deployment.
 The shape: a click command group (the CLI) over a thin sqlite3 data layer that
 only runs SQL and builds records. What talks to git or HTTP for the workflow
 (the history branch, webhooks) lives with the workflow in .github/scripts and
-drives this file through its command line. Sections, in reading order:
+drives this file through its command line; --history only hands a command to
+that history module (imported then). Sections, in reading order:
 
-      40-383   Constants and SQL
-     385-411   Errors
-     414-638   Migrations
-     641-985   Validation and ids
-     988-1209  Connection and transactions
-    1212-1665  Data layer: records
-    1668-1913  Data layer: control (promotion gates, promote, block, prune)
-    1916-2063  Data layer: insight (DORA figures, the deployments of a window, status, completion)
-    2066-2844  Output
-    2847-4016  CLI
-    4019-4029  main
+      41-384   Constants and SQL
+     386-412   Errors
+     415-639   Migrations
+     642-986   Validation and ids
+     989-1210  Connection and transactions
+    1213-1666  Data layer: records
+    1669-1914  Data layer: control (promotion gates, promote, block, prune)
+    1917-2064  Data layer: insight (DORA figures, the deployments of a window, status, completion)
+    2067-2845  Output
+    2848-4017  CLI
+    4020-4030  main
 """
 
 from __future__ import annotations
