@@ -7,19 +7,20 @@ rollback can always go back to the latest *verified* deployment.
 The shape: a click command group (the CLI) over a thin sqlite3 data layer that
 only runs SQL and builds records. What talks to git or HTTP for the workflow
 (the history branch, webhooks) lives with the workflow in .github/scripts and
-drives this file through its command line. Sections, in reading order:
+drives this file through its command line; --history only hands a command to
+that history module (imported then). Sections, in reading order:
 
-      40-383   Constants and SQL
-     385-411   Errors
-     414-638   Migrations
-     641-990   Validation and ids
-     993-1214  Connection and transactions
-    1217-1670  Data layer: records
-    1673-2017  Data layer: control (promotion gates, promote, block, prune)
-    2020-2167  Data layer: insight (DORA figures, the deployments of a window, status, completion)
-    2170-2948  Output
-    2951-4124  CLI
-    4127-4137  main
+      41-388   Constants and SQL
+     390-416   Errors
+     419-643   Migrations
+     646-995   Validation and ids
+     998-1219  Connection and transactions
+    1222-1675  Data layer: records
+    1678-2022  Data layer: control (promotion gates, promote, block, prune)
+    2025-2172  Data layer: insight (DORA figures, the deployments of a window, status, completion)
+    2175-2953  Output
+    2956-4193  CLI
+    4196-4206  main
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ __version__ = "0.3.0"
 
 DEFAULT_DB = ".github/deployments.db"
 DB_ENV_VAR = "DEPLOYMENT_TRACKER_DB"
+HISTORY_ENV_VAR = "DEPLOYMENT_TRACKER_HISTORY"
+# Where `--history` finds the history module: installed by pip (pyproject.toml), or as the
+# workflow's setup action installs it.
+HISTORY_MODULES = ("deployment_tracker_workflow.deployment_history", "deployment_history")
 ENVIRONMENT_ENV_VAR = "DEPLOYMENT_TRACKER_ENVIRONMENT"
 GATES_ENV_VAR = "DEPLOYMENT_TRACKER_GATES"
 APPLICATION_ID = 0x44504C54  # "DPLT": marks the file as ours.
@@ -3015,6 +3020,17 @@ class TrackerGroup(click.Group):
             return result
         sys.exit(result if isinstance(result, int) else 0)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[Optional[str], Optional[click.Command], list[str]]:
+        """Also keeps the command and its arguments, for `--history` to hand over unparsed."""
+        name, command, rest = super().resolve_command(ctx, args)
+        ctx.meta[_COMMAND_LINE] = [name or args[0], *rest]
+        return name, command, rest
+
+
+_COMMAND_LINE = "deployment_tracker.command_line"
+
 
 # --- Parameter types: values are checked while click parses them ----------
 
@@ -3190,6 +3206,7 @@ Exit codes:
   1  nothing found, operation refused, or a database that is missing
      (for reading), unreadable, corrupt, foreign or from a newer version
   2  invalid usage or input
+With --history, also those of git and the history branch (see the README).
 """
 
 
@@ -3205,9 +3222,16 @@ Exit codes:
     metavar="PATH",
     help=f"SQLite database file (env {DB_ENV_VAR}).",
 )
+@click.option(
+    "--history",
+    envvar=HISTORY_ENV_VAR,
+    metavar="REMOTE",
+    help="Run the command on the shared history: the deployment-history branch of REMOTE"
+    f" (a git remote, URL or path), from the current git repository (env {HISTORY_ENV_VAR}).",
+)
 @click.version_option(__version__, prog_name="deployment-tracker")
 @click.pass_context
-def cli(ctx: click.Context, db_path: str) -> None:
+def cli(ctx: click.Context, db_path: str, history: Optional[str]) -> None:
     """Record deployments, verify them, and find what to roll back to.
 
     \b
@@ -3215,8 +3239,53 @@ def cli(ctx: click.Context, db_path: str) -> None:
         deployment-tracker record -e staging --branch main --commit 3f2c9e1d
         deployment-tracker verify 3f2c9e1 -e staging --status verified
         deployment-tracker latest -e staging
+        deployment-tracker --history origin list --since 7d
     """
     ctx.obj = db_path
+    if history is not None and _history_wins(ctx):
+        ctx.exit(_run_on_history(history, ctx.meta[_COMMAND_LINE]))
+
+
+def _history_wins(ctx: click.Context) -> bool:
+    """--history and --db: the command line beats the environment; both in one place is a
+    usage error."""
+    db_source = ctx.get_parameter_source("db_path")
+    if db_source in (None, click.core.ParameterSource.DEFAULT):
+        return True
+    history_source = ctx.get_parameter_source("history")
+    if db_source == history_source:
+        both = "--history and --db" if db_source.name == "COMMANDLINE" else None
+        raise click.UsageError(
+            f"{both or f'{HISTORY_ENV_VAR} and {DB_ENV_VAR}'} don't go together:"
+            " the history branch holds its own database"
+        )
+    return history_source == click.core.ParameterSource.COMMANDLINE
+
+
+def _run_on_history(remote: str, command_line: list[str]) -> int:
+    """Hand the command to the history module (it talks to git; imported only now, so that
+    the tracker's start-up never pays for it), which runs this tracker on a fetched copy."""
+    import importlib
+
+    for name in HISTORY_MODULES:
+        try:
+            history = importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+        return int(history.run_for_tracker(remote, command_line, _this_tracker()))
+    raise TrackerError(
+        "--history needs the history module, installed with the tracker (pip install"
+        " deployment-tracker)"
+    )
+
+
+def _this_tracker() -> list[str]:
+    """The command that runs this same tracker: its console script (from cached bytecode),
+    else this file."""
+    script = os.path.abspath(sys.argv[0])
+    if os.path.basename(script) == "deployment-tracker" and os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, os.path.abspath(__file__)]
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -42,6 +42,7 @@ TRACKER_SCRIPT = Path(sys.executable).parent / "deployment-tracker"
 # Variables of ours and of GitHub Actions that would change what the CLI does.
 CALLER_VARIABLES = (
     dt.DB_ENV_VAR,
+    dt.HISTORY_ENV_VAR,
     dt.ENVIRONMENT_ENV_VAR,
     dt.GATES_ENV_VAR,
     "GITHUB_ACTIONS",

@@ -17,6 +17,9 @@ tracker only through its command line (`deployment-tracker --db FILE ARGS...`). 
 only, Python 3.9+, so any runner's python3 can run it.
 
 Usage: deployment_history.py [OPTIONS] -- TRACKER-SUBCOMMAND ARGS...
+       deployment-tracker --history REMOTE TRACKER-SUBCOMMAND ARGS... (from a clone of the app
+       repository) calls run_for_tracker(): the same, one attempt for a read, and a line on
+       stderr saying which commit of the history a read saw and how old it is.
 Credentials: an http(s) remote URL may hold them (raw or percent-encoded); they travel only as
        an http.extraheader in git's environment. Give such a URL in $DEPLOYMENT_HISTORY_REMOTE,
        not --remote: our own command line shows in the process list.
@@ -63,6 +66,9 @@ TOKEN_ENV = "DEPLOYMENT_HISTORY_TOKEN"  # noqa: S105 (a variable name, not a sec
 MAX_BYTES_ENV = "DEPLOYMENT_HISTORY_MAX_BYTES"
 TRACKER_ENV = "DEPLOYMENT_TRACKER_COMMAND"
 TRACKER_DB_ENV = "DEPLOYMENT_TRACKER_DB"
+# `deployment-tracker --history`'s default remote: it may hold credentials, and a tracker run
+# against the fetched copy must not hand the command back to the history again.
+TRACKER_HISTORY_ENV = "DEPLOYMENT_TRACKER_HISTORY"
 DEFAULT_REMOTE = "origin"
 DEFAULT_BRANCH = "deployment-history"
 DEFAULT_ATTEMPTS = 10
@@ -240,7 +246,8 @@ def _add_git_config(env: dict[str, str], key: str, value: str) -> None:
 
 def _git_environment(remote: Remote) -> dict[str, str]:
     """No prompts; credentials (URL userinfo, else the token) as a header in the environment."""
-    env = {k: v for k, v in os.environ.items() if k != REMOTE_ENV}  # it may hold credentials
+    # Either may hold credentials.
+    env = {k: v for k, v in os.environ.items() if k not in (REMOTE_ENV, TRACKER_HISTORY_ENV)}
     env["GIT_TERMINAL_PROMPT"] = "0"
     token = env.pop(TOKEN_ENV, "")
     if remote.header is not None:
@@ -538,7 +545,8 @@ def _tracker_command(option: Optional[str]) -> list[str]:
 def _run_tracker(
     tracker: Sequence[str], args: Sequence[str], db_path: str, github_output: Optional[str]
 ) -> Completed:
-    env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, REMOTE_ENV, TRACKER_DB_ENV)}
+    hidden = (TOKEN_ENV, REMOTE_ENV, TRACKER_DB_ENV, TRACKER_HISTORY_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
     env.pop("GITHUB_OUTPUT", None)
     if github_output is not None:
         env["GITHUB_OUTPUT"] = github_output
@@ -586,6 +594,24 @@ class Settings(NamedTuple):
     max_bytes: int
     deadline: float
     command: list[str]
+    announce: bool = False  # say which history a read saw, and what a write pushed
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size * (2 if unit == "days" else 1):
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def _announce_read(git: Git, s: Settings, tip: str) -> None:
+    """Which commit of the history a read saw, and when it was written (its committer time)."""
+    written = int(git.checked(["show", "-s", "--format=%ct", tip, "--"]).decode().strip())
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(written))
+    ago = _ago(time.time() - written)
+    line = f"history: {s.remote.shown} {s.branch} at {tip[:7]}, last written {at} ({ago})"
+    print(_shown(line), file=sys.stderr, flush=True)
 
 
 def _attempt(s: Settings, git: Git, shallow: bool, scratch: str, target: Optional[str]) -> int:
@@ -598,6 +624,8 @@ def _attempt(s: Settings, git: Git, shallow: bool, scratch: str, target: Optiona
         raise HistoryError(f"no deployment history yet: {s.remote.shown} has no branch {s.branch}")
     if present:
         _make_self_contained(db_path, s.deadline, fetched=True)
+    if s.announce and tip is not None and s.command[0] in READ_COMMANDS:
+        _announce_read(git, s, tip)
     before = _content_digest(db_path, s.deadline)
     result = _run_tracker(s.tracker, s.command, db_path, github_output)
     if result.returncode != 0:
@@ -609,7 +637,12 @@ def _attempt(s: Settings, git: Git, shallow: bool, scratch: str, target: Optiona
     if after is not None and after != before:
         commit = _commit(git, db_path, tip, _commit_message(s.command))
         _push(git, s.remote, s.branch, commit)
+        pushed = f"history: pushed {commit[:7]} to {s.remote.shown} {s.branch}"
+    else:
+        pushed = ""
     _pass_on(result, github_output, target)
+    if s.announce and pushed:
+        print(_shown(pushed), file=sys.stderr, flush=True)
     return 0
 
 
@@ -618,7 +651,8 @@ def _run(s: Settings) -> int:
     git = Git(s.repo, _git_environment(s.remote))
     inside = git.run(["rev-parse", "--is-shallow-repository"])
     if inside.returncode != 0:
-        raise HistoryError(inside.problem(f"{s.repo} is not a usable git repository"))
+        where = "the current directory" if s.repo == "." else s.repo
+        raise HistoryError(inside.problem(f"{where} is not a usable git repository"))
     if git.run(["var", "GIT_COMMITTER_IDENT"]).returncode != 0:
         for name, value in FALLBACK_IDENTITY.items():
             git.env.setdefault(name, value)
@@ -636,9 +670,10 @@ def _run(s: Settings) -> int:
                 return _attempt(s, git, shallow, scratch, target)
             except GitFailure as error:
                 problem = str(error)
+    verb = "read" if s.command[0] in READ_COMMANDS else "update"
+    tries = f" after {s.attempts} attempts" if s.attempts > 1 else ""
     raise HistoryError(
-        f"could not update the deployment history on {s.remote.shown} {s.branch}"
-        f" after {s.attempts} attempts: {problem}"
+        f"could not {verb} the deployment history on {s.remote.shown} {s.branch}{tries}: {problem}"
     )
 
 
@@ -739,8 +774,28 @@ def _settings(argv: list[str]) -> Settings:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return _guarded(lambda: _run(_settings(list(sys.argv[1:] if argv is None else argv))))
+
+
+def run_for_tracker(remote: str, command: Sequence[str], tracker: Sequence[str]) -> int:
+    """`deployment-tracker --history REMOTE COMMAND...`: COMMAND, run by `tracker`, against
+    REMOTE's history branch from the current git repository; its exit code.
+
+    A read is one attempt (it has no race to lose, and a person is waiting) and says on stderr
+    which commit it read and how old that is; a write retries as the workflow's do."""
+    argv = [f"--remote={remote}", f"--tracker={shlex.join(tracker)}", "--", *command]
+
+    def run() -> int:
+        s = _settings(argv)._replace(announce=True)
+        return _run(s._replace(attempts=1) if s.command[0] in READ_COMMANDS else s)
+
+    return _guarded(run)
+
+
+def _guarded(run: Callable[[], int]) -> int:
+    """`run`'s exit code; a failure of ours is one line on stderr and its exit code."""
     try:
-        return _run(_settings(list(sys.argv[1:] if argv is None else argv)))
+        return run()
     except HistoryError as error:
         _report(str(error))
         return error.exit_code
