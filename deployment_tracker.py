@@ -13,14 +13,14 @@ that history module (imported then). Sections, in reading order:
       41-388   Constants and SQL
      390-416   Errors
      419-643   Migrations
-     646-995   Validation and ids
-     998-1219  Connection and transactions
-    1222-1675  Data layer: records
-    1678-2022  Data layer: control (promotion gates, promote, block, prune)
-    2025-2172  Data layer: insight (DORA figures, the deployments of a window, status, completion)
-    2175-2953  Output
-    2956-4193  CLI
-    4196-4206  main
+     646-996   Validation and ids
+     999-1220  Connection and transactions
+    1223-1676  Data layer: records
+    1679-2024  Data layer: control (promotion gates, promote, block, prune)
+    2027-2174  Data layer: insight (DORA figures, the deployments of a window, status, completion)
+    2177-2955  Output
+    2958-4195  CLI
+    4198-4208  main
 """
 
 from __future__ import annotations
@@ -792,6 +792,7 @@ _STORED_GRAMMAR: dict[str, Callable[[str], str]] = {
     "replaces": check_id,
     "source_id": check_id,
     "replaces_id": check_id,
+    "replaces_commit": check_sha,
 }
 
 
@@ -1843,6 +1844,7 @@ def _planned(
         "source_verified_by": source["verified_by"] if source else None,
         "source_verified_at": source["verified_at"] if source else None,
         "replaces_id": current["id"] if current else None,
+        "replaces_commit": current["commit_sha"] if current else None,
         "replaces_image": _image_reference(request.repository, current) if current else None,
     }
 

@@ -21,6 +21,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -37,6 +38,7 @@ from typing import Any
 
 import pytest
 from history_helpers import (
+    HISTORY_SCRIPT,
     ROOT,
     bare_remote,
     git,
@@ -843,6 +845,49 @@ def test_a_failed_check_restores_exactly_what_the_run_replaced(world: World) -> 
     assert_history_tells_what_runs(world)
 
 
+def test_a_release_blocked_between_the_plan_and_the_deploy_is_not_deployed(world: World) -> None:
+    """Production promotes a verified staging deployment; while the deploy job waits (for an
+    approval, here for its runner), someone blocks that release. The deploy job's record is
+    refused before the rollout, and nothing is rolled back. Fakes: kubectl (no image is set)."""
+    running = world.seed("production", SHA_OLDER, "20260101100000")
+    staged = world.seed("staging", SHA_NEWER, "20260102100000")
+    block = shlex.join(
+        [
+            sys.executable,
+            str(HISTORY_SCRIPT),
+            "--repo",
+            str(world.repo),
+            "--remote",
+            str(world.remote),
+            "--",
+            "block",
+            "--id",
+            staged,
+            "--reason",
+            "found bad",
+        ]
+    )
+    (world.calls / "meanwhile.sh").write_text(f"{block} > /dev/null\n")
+    variables, secrets = world.settings()
+    del secrets["KUBECONFIG"]  # so that the deploy job asks kubectl first, and the block lands
+
+    result = world.run(
+        "workflow_dispatch",
+        variables=variables,
+        secrets=secrets,
+        environment="production",
+        deployment_id=staged,
+    )
+
+    assert result.returncode != 0
+    assert f"deployment {staged} is blocked (found bad)" in result.output, failure_report(result)
+    assert world.images_set() == []
+    assert "Automatic rollback" not in "\n".join(summary_lines(result))
+    records = world.records()
+    assert [r["id"] for r in records.values() if r["environment"] == "production"] == [running]
+    assert records[running]["status"] == "verified"
+
+
 def test_a_history_a_newer_release_wrote_stops_the_run_before_anything_deploys(
     world: World,
 ) -> None:
@@ -1001,6 +1046,12 @@ def test_a_manual_rollback_without_an_id_restores_the_previous_verified_image(
     assert records[newer]["status"] == "rolled_back"
     assert world.calls_of("docker") == []
     assert world.images_set() == [f"app=ghcr.io/acme/webapp:{older}"]
+    # The plan says what the rollback undoes: a compare link from the target to what ran.
+    plan = "\n".join(summary_lines(result))
+    assert (
+        f"| Undoes | `{newer}`: [the commits from `{SHA_OLDER[:7]}` to `{SHA_NEWER[:7]}`](" in plan
+    )
+    assert f"/compare/{SHA_OLDER}...{SHA_NEWER}) |" in plan
 
 
 def test_a_manual_rollback_to_a_chosen_id(world: World) -> None:
