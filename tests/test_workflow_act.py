@@ -330,6 +330,7 @@ class World:
         for folder in (self.calls, self.artifacts, self.home):
             folder.mkdir()
         self.service = Service()
+        self.actor = "alice"
         self.runner_python = runner_python(base / f"{name}-python", packages)
         self.repo.mkdir()
         git("init", "--quiet", "--initial-branch", "main", cwd=self.repo)
@@ -426,7 +427,7 @@ class World:
             "--local-repository",
             f"{UPLOAD_ARTIFACT}={WORKFLOW_DIR / 'actions' / 'upload-artifact'}",
             "--actor",
-            "alice",
+            self.actor,
         ]
         for name, value in secrets.items():
             command += ["-s", f"{name}={value}"]
@@ -1270,6 +1271,20 @@ def test_an_unconfigured_repository_deploys_nothing_and_stays_green(world: World
     assert world.calls_of("docker") == [] and world.calls_of("kubectl") == []
     assert history_commits(world.remote) == []
     world.assert_untouched()
+
+
+def test_a_bot_s_push_gets_a_notice_not_a_red_run(world: World) -> None:
+    """Dependabot's runs get no secrets and a read-only token. Fakes: docker, kubectl (neither
+    may be called)."""
+    world.actor = "dependabot[bot]"
+    world.commit("Bump flask", branch="dependabot/pip/flask-3.1")
+
+    result = world.run("push")
+
+    assert result.returncode == 0, failure_report(result)
+    assert "Not deployed" in result.output and "dependabot[bot]" in result.output
+    assert world.calls_of("docker") == [] and world.calls_of("kubectl") == []
+    assert history_commits(world.remote) == []
 
 
 def test_a_half_configured_repository_fails_naming_what_is_missing(world: World) -> None:
