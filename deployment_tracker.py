@@ -18,9 +18,9 @@ that history module (imported then). Sections, in reading order:
     1223-1676  Data layer: records
     1679-2024  Data layer: control (promotion gates, promote, block, prune)
     2027-2174  Data layer: insight (DORA figures, the deployments of a window, status, completion)
-    2177-2955  Output
-    2958-4195  CLI
-    4198-4208  main
+    2177-2958  Output
+    2961-4198  CLI
+    4201-4211  main
 """
 
 from __future__ import annotations
@@ -2284,7 +2284,10 @@ def _table_cell(column: str, record: Record, now: datetime) -> str:
     if column == "marks":
         return _marks(record)
     if column == "image":
-        return "" if record["image_tag"] == record["id"] else _printable(record["image_tag"])
+        # Blank would read as "no image": a deployment built for itself runs its id's tag.
+        return (
+            "(its id)" if record["image_tag"] == record["id"] else _printable(record["image_tag"])
+        )
     if column in ("blocked", "gate_bypassed"):
         return column.upper().replace("_", "-") if record[column] else ""
     return _printable(record[column], one_line=column != "note")

@@ -475,7 +475,8 @@ def test_marks_and_the_image_column(cli: Callable[..., Result]) -> None:
     assert rows[in_production][3] == first and rows[in_production][-1] == "promoted"
     assert rows[second][-1] == "BLOCKED"
     assert rows[bypass][-1] == "gate-bypassed"
-    assert rows[first][-1] == "ago"  # no marks, no image: its image is its id
+    assert rows[first][-1] == "ago"  # no marks
+    assert rows[first][3:5] == ["(its", "id)"]  # said, not blank: blank read as "no image"
 
 
 def test_wide_shows_every_field(cli: Callable[..., Result], history: dict[str, str]) -> None:
