@@ -657,6 +657,8 @@ def test_a_push_builds_deploys_and_verifies(make_world: Any, kind: str) -> None:
     assert [args[0] for args in docker] == ["login", "build", "push"]
     assert docker[0][1] == "ghcr.io"
     assert image in docker[1] and docker[2] == ["push", image]
+    # The image knows its id, for the app's version endpoint.
+    assert docker[1][docker[1].index("--build-arg") + 1] == f"DEPLOYMENT_ID={tag}"
     assert world.calls_of("kubectl") == [
         ["--namespace", "web", "set", "image", "deployment/webapp", f"app={pinned(image)}"],
         ["--namespace", "web", "rollout", "status", "deployment/webapp", "--timeout", "300s"],
