@@ -10,17 +10,17 @@ only runs SQL and builds records. What talks to git or HTTP for the workflow
 drives this file through its command line; --history only hands a command to
 that history module (imported then). Sections, in reading order:
 
-      41-388   Constants and SQL
-     390-416   Errors
-     419-643   Migrations
-     646-996   Validation and ids
-     999-1220  Connection and transactions
-    1223-1676  Data layer: records
-    1679-2024  Data layer: control (promotion gates, promote, block, prune)
-    2027-2174  Data layer: insight (DORA figures, the deployments of a window, status, completion)
-    2177-2958  Output
-    2961-4198  CLI
-    4201-4211  main
+      41-394   Constants and SQL
+     396-422   Errors
+     425-649   Migrations
+     652-1002  Validation and ids
+    1005-1226  Connection and transactions
+    1229-1693  Data layer: records
+    1696-2041  Data layer: control (promotion gates, promote, block, prune)
+    2044-2191  Data layer: insight (DORA figures, the deployments of a window, status, completion)
+    2194-2994  Output
+    2997-4248  CLI
+    4251-4261  main
 """
 
 from __future__ import annotations
@@ -235,6 +235,12 @@ _SELECT_ROLLBACK_CANDIDATE = (
     " AND blocked = 0 ORDER BY seq DESC LIMIT 1"
 )
 # The deployment that first shipped an image in an environment (and was good).
+# What a rollback to an image undoes: the deployments after the last that ran it.
+_SELECT_UNDONE = (
+    _SELECT_DEPLOYMENT + " WHERE environment = :environment AND seq > (SELECT max(seq) FROM"
+    " deployments WHERE environment = :environment AND image_tag = :image_tag)"
+    " ORDER BY seq DESC LIMIT :limit"
+)
 _SELECT_FIRST_SHIPPED = (
     _SELECT_DEPLOYMENT + " WHERE environment = ? AND image_tag = ? AND verified_at IS NOT NULL"
     " ORDER BY seq LIMIT 1"
@@ -1624,6 +1630,17 @@ def _nothing_earlier(db: sqlite3.Connection, current: Record) -> str:
     )
 
 
+def rollback_undoes(db: sqlite3.Connection, target: Record, limit: int = 50) -> list[Record]:
+    """The deployments a rollback to `target`'s image undoes, newest (running) first: those
+    recorded in its environment after the last one that ran that image."""
+    parameters = {
+        "environment": target["environment"],
+        "image_tag": target["image_tag"],
+        "limit": limit,
+    }
+    return [_row_to_record(row) for row in db.execute(_SELECT_UNDONE, parameters)]
+
+
 def _first_shipped(db: sqlite3.Connection, record: Record) -> Record:
     row = db.execute(_SELECT_FIRST_SHIPPED, (record["environment"], record["image_tag"])).fetchone()
     first = _row_to_record(row) if row else record
@@ -2388,6 +2405,25 @@ def _deployment_columns(records: Sequence[Record], output: _OutputRequest) -> Se
     if any(record["image_tag"] != record["id"] for record in records):
         return (*TABLE_COLUMNS[:3], "image", *TABLE_COLUMNS[3:])
     return TABLE_COLUMNS
+
+
+def _echo_preview(target: Record, undone: list[Record], output: _OutputRequest) -> None:
+    """What a rollback to `target` undoes: JSON, or a few lines for people."""
+    running = undone[0]["commit_sha"] if undone else target["commit_sha"]
+    commits = f"{target['commit_sha'][:SHORT_SHA_LENGTH]}..{running[:SHORT_SHA_LENGTH]}"
+    if output.chosen_format == "json":
+        click.echo(_json_text({"target": target, "undoes": undone, "commits": commits}, indent=2))
+        return
+    click.echo(
+        f"Rolling {target['environment']} back to {target['id']}"
+        f" (commit {target['commit_sha'][:SHORT_SHA_LENGTH]}) undoes:"
+    )
+    for record in undone:
+        click.echo(
+            f"  {record['id']}  {record['status']}  {_printable(record['branch'])}"
+            f"  {record['commit_sha'][:SHORT_SHA_LENGTH]}"
+        )
+    click.echo(f"Commits between (in a clone): git log --oneline {commits}")
 
 
 def _echo_details(record: Record, history: Optional[list[Record]], output: _OutputRequest) -> None:
@@ -3746,6 +3782,11 @@ def get_command(
 @_environment_option(required=True)
 @_deployment_argument(required=False)
 @click.option("--force", is_flag=True, help="Accept an unverified or blocked ID (warns).")
+@click.option(
+    "--preview",
+    is_flag=True,
+    help="Say what the rollback undoes: the deployments after it, and their commits.",
+)
 @_output_options()
 @click.pass_context
 def rollback_target_command(
@@ -3754,6 +3795,7 @@ def rollback_target_command(
     id_argument: Optional[str],
     id_option: Optional[str],
     force: bool,
+    preview: bool,
     output: _OutputRequest,
 ) -> None:
     """Show the deployment to roll back to.
@@ -3764,9 +3806,14 @@ def rollback_target_command(
     blocked (--force accepts it anyway, with a warning). The answer is the
     deployment that first shipped that image there, so rollbacks name it.
 
+    --preview says instead what the rollback undoes: the deployments
+    recorded after the last one that ran the target's image (the running one
+    first), and the commits between, as `git log` shows them in a clone.
+
     \b
     Example:
         deployment-tracker rollback-target -e production --field image_tag
+        deployment-tracker rollback-target -e production --preview
     """
     given = _given_id(id_argument, id_option, required=False)
     db = _open_db(ctx)
@@ -3775,6 +3822,9 @@ def rollback_target_command(
     trusted(target)
     for problem in problems:
         _warn(f"forced: deployment {target['id']} {problem}")
+    if preview:
+        _echo_preview(target, [trusted(record) for record in rollback_undoes(db, target)], output)
+        return
     _emit_one(target, output)
 
 

@@ -8,6 +8,7 @@ through the CLI and the public data functions.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -317,3 +318,29 @@ def test_status_errors_are_one_line(
     result = cli(*args)
     assert result.exit_code == exit_code
     assert_one_line_error(result.stderr, fragment)
+
+
+# -- what a rollback undoes (issue 19) --------------------------------------------------------
+
+
+def test_the_preview_says_what_a_rollback_undoes(
+    cli: Callable[..., Result], history: History
+) -> None:
+    target = history.record("staging", verified=True)
+    between = history.record("staging", branch="feature/cart", verified=True)
+    ok(cli("block", between, "--reason", "slow"))
+    running = history.record("staging", branch="fix/typo")
+    history.record("qa", verified=True)  # another environment: not undone
+    text = ok(cli("rollback-target", "-e", "staging", "--preview"))
+    target_sha = ok(cli("get", target, "--field", "commit_sha"))[:7]
+    running_sha = ok(cli("get", running, "--field", "commit_sha"))[:7]
+    lines = text.splitlines()
+    assert lines[0] == f"Rolling staging back to {target} (commit {target_sha}) undoes:"
+    assert [line.split()[0] for line in lines[1:-1]] == [running, between]
+    assert (
+        lines[-1] == f"Commits between (in a clone): git log --oneline {target_sha}..{running_sha}"
+    )
+    shown = json.loads(ok(cli("rollback-target", "-e", "staging", "--preview", "-o", "json")))
+    assert shown["target"]["id"] == target
+    assert [record["id"] for record in shown["undoes"]] == [running, between]
+    assert shown["commits"] == f"{target_sha}..{running_sha}"

@@ -109,6 +109,15 @@ def reading_queries(ids: dict[str, str]) -> dict[str, Callable[[sqlite3.Connecti
     )
     queries["completion of ids"] = lambda db: dt.newest_ids(db, "main")
     queries["status -e"] = lambda db: dt.environment_status(db, "qa")
+    queries["rollback-target --preview"] = lambda db: dt.rollback_undoes(
+        db, dt.get_deployment(db, ids["verified qa"])
+    )
+    queries["plan"] = lambda db: dt.plan_run(
+        db,
+        dt.PlanRequest("qa", True, None, "main", "a" * 40, "ghcr.io/acme/app"),
+        gates={},
+    )
+    queries["settle"] = lambda db: dt.settle(db, ids["qa"], "rollback")
     filters = {"environment": "qa", "branch": "hotfix/rare", "status": "verified"}
     for size in range(len(filters) + 1):
         for chosen in itertools.combinations(filters, size):
