@@ -7,6 +7,7 @@ disk, the workflow's history script for the other writers, and HTTP only on 127.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -471,3 +472,31 @@ def test_a_real_install_gives_both_console_scripts(tmp_path: Path, remote: Path,
     assert block.returncode == 0, block.stderr
     (record,) = history_records(remote, tmp_path)
     assert record["blocked"] is True
+
+
+def test_a_rollback_preview_in_a_clone_lists_the_commits_it_undoes(
+    tmp_path: Path, remote: Path, ci: Path
+) -> None:
+    """Issue 19: what a rollback undoes, as the commits between the target and what runs."""
+    shas = []
+    for subject in ("good release", "add the cart", "fix the typo"):
+        (ci / "CHANGES").write_text(subject + "\n")
+        git("add", "CHANGES", cwd=ci)
+        git("commit", "--quiet", "-m", subject, cwd=ci)
+        shas.append(git("rev-parse", "HEAD", cwd=ci))
+    git("push", "--quiet", "origin", "HEAD:refs/heads/main", cwd=ci)
+    deploy(ci, f"main_{shas[0][:7]}_20260101100000", shas[0])
+    deploy(ci, f"main_{shas[2][:7]}_20260101110000", shas[2], verified=False)
+    app = app_clone(remote, tmp_path)
+
+    result = on_history("rollback-target", "-e", "staging", "--preview", cwd=app)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-3:] == [
+        "2 commits undone:",
+        f"  {shas[2][:7]} fix the typo",
+        f"  {shas[1][:7]} add the cart",
+    ], result.stdout
+    as_json = on_history("rollback-target", "-e", "staging", "--preview", "-o", "json", cwd=app)
+    assert json.loads(as_json.stdout)["commits"] == f"{shas[0][:7]}..{shas[2][:7]}"

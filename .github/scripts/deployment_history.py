@@ -595,6 +595,7 @@ class Settings(NamedTuple):
     deadline: float
     command: list[str]
     announce: bool = False  # say which history a read saw, and what a write pushed
+    show_commits: bool = False  # list the commits a `rollback-target --preview` names
 
 
 def _ago(seconds: float) -> str:
@@ -641,6 +642,8 @@ def _attempt(s: Settings, git: Git, shallow: bool, scratch: str, target: Optiona
     else:
         pushed = ""
     _pass_on(result, github_output, target)
+    if s.show_commits:
+        _show_commits(git, result.stdout)
     if s.announce and pushed:
         print(_shown(pushed), file=sys.stderr, flush=True)
     return 0
@@ -777,6 +780,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _guarded(lambda: _run(_settings(list(sys.argv[1:] if argv is None else argv))))
 
 
+# The last line of the tracker's `rollback-target --preview`: the commits the rollback undoes.
+_PREVIEW_RANGE = re.compile(
+    rb"(?m)^Commits between \(in a clone\): git log --oneline"
+    rb" ([0-9a-f]{7,64})\.\.([0-9a-f]{7,64})$"
+)
+
+
+def _show_commits(git: Git, stdout: bytes) -> None:
+    """The commits of a rollback preview, from the clone this runs in."""
+    found = _PREVIEW_RANGE.search(stdout)
+    if found is None:
+        return
+    span = f"{found[1].decode()}..{found[2].decode()}"
+    listed = git.run(["log", "--oneline", "--no-decorate", "--no-color", span, "--"])
+    if listed.returncode != 0:
+        print(f"(those commits are not in this clone: git fetch, then git log {span})")
+        return
+    lines = listed.stdout.decode("utf-8", "replace").splitlines()
+    print(f"{len(lines)} commit{'s' * (len(lines) != 1)} undone:")
+    for line in lines:
+        print(f"  {_shown(line)}")
+
+
 def run_for_tracker(remote: str, command: Sequence[str], tracker: Sequence[str]) -> int:
     """`deployment-tracker --history REMOTE COMMAND...`: COMMAND, run by `tracker`, against
     REMOTE's history branch from the current git repository; its exit code.
@@ -786,7 +812,8 @@ def run_for_tracker(remote: str, command: Sequence[str], tracker: Sequence[str])
     argv = [f"--remote={remote}", f"--tracker={shlex.join(tracker)}", "--", *command]
 
     def run() -> int:
-        s = _settings(argv)._replace(announce=True)
+        preview = command[:1] == ["rollback-target"] and "--preview" in command
+        s = _settings(argv)._replace(announce=True, show_commits=preview)
         return _run(s._replace(attempts=1) if s.command[0] in READ_COMMANDS else s)
 
     return _guarded(run)
