@@ -15,12 +15,12 @@ that history module (imported then). Sections, in reading order:
      425-649   Migrations
      652-1002  Validation and ids
     1005-1226  Connection and transactions
-    1229-1693  Data layer: records
-    1696-2041  Data layer: control (promotion gates, promote, block, prune)
-    2044-2191  Data layer: insight (DORA figures, the deployments of a window, status, completion)
-    2194-2994  Output
-    2997-4248  CLI
-    4251-4261  main
+    1229-1699  Data layer: records
+    1702-2047  Data layer: control (promotion gates, promote, block, prune)
+    2050-2197  Data layer: insight (DORA figures, the deployments of a window, status, completion)
+    2200-3000  Output
+    3003-4254  CLI
+    4257-4267  main
 """
 
 from __future__ import annotations
@@ -1564,7 +1564,13 @@ def latest(db: sqlite3.Connection, environment: str, status: str = "verified") -
         record = _latest_with_status(db, environment, status)
     if record is None:
         qualifier = "" if status == "any" else f"{status} "
-        raise NotFound(f"no {qualifier}deployment in {environment}")
+        current = None if status == "any" else running(db, environment)
+        runs = (
+            f" ({current['id']}, {current['status']}, runs there: --status any shows it)"
+            if current
+            else ""
+        )
+        raise NotFound(f"no {qualifier}deployment in {environment}{runs}")
     return record
 
 

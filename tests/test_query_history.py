@@ -344,3 +344,18 @@ def test_the_preview_says_what_a_rollback_undoes(
     assert shown["target"]["id"] == target
     assert [record["id"] for record in shown["undoes"]] == [running, between]
     assert shown["commits"] == f"{target_sha}..{running_sha}"
+
+
+def test_latest_says_what_runs_when_nothing_there_is_verified(
+    cli: Callable[..., Result], history: History
+) -> None:
+    running = history.record("production")
+    result = cli("latest", "-e", "production")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: no verified deployment in production ({running}, deployed, runs there:"
+        " --status any shows it)\n"
+    )
+    assert ok(cli("latest", "-e", "production", "--status", "any", "--field", "id")) == running
+    result = cli("latest", "-e", "qa")
+    assert result.stderr == "Error: no verified deployment in qa\n"
