@@ -16,11 +16,11 @@ that history module (imported then). Sections, in reading order:
      652-1002  Validation and ids
     1005-1226  Connection and transactions
     1229-1699  Data layer: records
-    1702-2047  Data layer: control (promotion gates, promote, block, prune)
-    2050-2197  Data layer: insight (DORA figures, the deployments of a window, status, completion)
-    2200-3000  Output
-    3003-4254  CLI
-    4257-4267  main
+    1702-2052  Data layer: control (promotion gates, promote, block, prune)
+    2055-2202  Data layer: insight (DORA figures, the deployments of a window, status, completion)
+    2205-3005  Output
+    3008-4255  CLI
+    4258-4268  main
 """
 
 from __future__ import annotations
@@ -1829,13 +1829,18 @@ def plan_run(
         candidate = promotion_candidate(db, source, environment, commit_sha=request.commit_sha)
     except NotFound as error:
         if gates.get(environment) is not None:
-            raise NotFound(
-                f"{error}, and the {source}:{environment} gate requires one: deploy commit"
-                f" {request.commit_sha} to {source} first, promote a verified {source}"
-                f" deployment by its id, or turn the gate off ({GATES_ENV_VAR}=none)"
-            ) from None
+            raise gate_refusal(error, source, environment, request.commit_sha) from None
         return planned("deploy", "ungated", None)
     return planned("promote", "commit", candidate)
+
+
+def gate_refusal(error: NotFound, source: str, target: str, commit_sha: str) -> NotFound:
+    """A commit with no verified `source` deployment, where a gate requires one: the ways on."""
+    return NotFound(
+        f"{error}, and the {source}:{target} gate requires one: deploy commit"
+        f" {commit_sha} to {source} first, promote a verified {source}"
+        f" deployment by its id, or turn the gate off ({GATES_ENV_VAR}=none)"
+    )
 
 
 def _planned(
@@ -3873,7 +3878,7 @@ def settle_command(
     action = stage if target is not None else "none"
     click.echo(f"{action}: {_printable(reason)}", err=True)
     if output_file is not None:
-        values: Record = {**trusted(target)} if target is not None else {}
+        values: Record = target or {}  # checked as it is written
         _write_github_output(output_file, {**values, "action": action, "reason": reason})
     click.echo(action)
 
@@ -3935,7 +3940,7 @@ def plan_command(
             f" guards {request.environment}: it is built and deployed"
         )
     if output_file is not None:
-        _write_github_output(output_file, trusted(planned))
+        _write_github_output(output_file, planned)
     click.echo(planned["mode"])
 
 
@@ -4086,11 +4091,7 @@ def promote_command(
             raise
         gate_source = gates.get(target)
         if gate_source is not None:
-            raise NotFound(
-                f"{error}, and the {gate_source}:{target} gate requires one: deploy commit"
-                f" {commit_sha} to {gate_source} first, promote a verified {gate_source}"
-                f" deployment by its id, or turn the gate off ({GATES_ENV_VAR}=none)"
-            ) from None
+            raise gate_refusal(error, gate_source, target, commit_sha) from None
         if not build_if_ungated:
             raise
         _warn(f"{error}; no gate guards {target}: build and deploy commit {commit_sha}")
