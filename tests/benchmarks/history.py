@@ -669,7 +669,9 @@ def contend(writers: int, options: argparse.Namespace, layout: Layout, work: Pat
     clones = Clones(remote, work)
     if layout.importer:
         clone = clones.fresh()
-        call([HISTORY, "import", str(source)], clone)
+        seed = work / "seed.db"  # the cached file stays as it is, whatever import does
+        shutil.copyfile(source, seed)
+        call([HISTORY, "import", str(seed)], clone)
         clones.done(clone)
     else:
         seed_by_commit(remote, source, work)
