@@ -182,8 +182,10 @@ def notify_script(
     return _run([sys.executable, str(NOTIFY_SCRIPT), *args], cwd, env, timeout, stdin)
 
 
-def history_records(remote: Path, scratch: Path) -> list[dict[str, Any]]:
-    db = history_db(remote, scratch / "history-copy.db")
+def history_records(
+    remote: Path, scratch: Path, branch: str = HISTORY_BRANCH
+) -> list[dict[str, Any]]:
+    db = history_db(remote, scratch / "history-copy.db", branch)
     result = tracker("--db", str(db), "list", "--all", "--format", "json", cwd=scratch)
     assert result.returncode == 0, result.stderr
     records: list[dict[str, Any]] = json.loads(result.stdout)

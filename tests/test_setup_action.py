@@ -101,6 +101,8 @@ def test_the_repository_s_files_and_python_variables_never_reach_the_tools(
         ),
         ("deployment-history", "--help"),
         ("deployment-text", "log", "hello"),
+        # Imports the tracker: the one installed, never the app's deployment_tracker.py.
+        ("deployment-settings", "deploy"),
     ):
         done = subprocess.run(
             [str(bin_dir / tool), *args],

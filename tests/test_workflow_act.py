@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import venv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -163,13 +163,17 @@ class TrackerRelease:
     sha: str
 
 
-@pytest.fixture(scope="session")
-def tracker_release(tmp_path_factory: pytest.TempPathFactory) -> TrackerRelease:
-    """This repository's files as one commit of acme/deployment-tracker, the commit callers pin.
+def serve_release(
+    tmp_path_factory: pytest.TempPathFactory, edit: Callable[[str], str] | None = None
+) -> TrackerRelease:
+    """This repository's files as one commit of acme/deployment-tracker, the commit callers pin
+    (`edit`: a change to its deploy.yml, committed, for what act cannot tell apart).
 
     act 0.2.89 does not know `uses: $/PATH` (GitHub: this workflow's repository at the running
     commit), so the workflow served here spells each one as what GitHub resolves it to,
-    `acme/deployment-tracker/PATH@SHA`; everything else is byte for byte this repository's."""
+    `acme/deployment-tracker/PATH@SHA`; nor concurrency's `queue` (its schema refuses the
+    workflow; it runs no two runs of a group at once anyway), so that line is left out.
+    Everything else is byte for byte this repository's."""
     folder = tmp_path_factory.mktemp("github") / TRACKER_REPOSITORY
     folder.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "deployments.db*")
@@ -179,18 +183,40 @@ def tracker_release(tmp_path_factory: pytest.TempPathFactory) -> TrackerRelease:
             shutil.copytree(source, folder / name, ignore=ignore)
         else:
             shutil.copy2(source, folder / name)
+    workflow = folder / ".github" / "workflows" / "deploy.yml"
+    if edit:
+        workflow.write_text(edit(workflow.read_text(encoding="utf-8")), encoding="utf-8")
     git("init", "--quiet", "--initial-branch", "main", cwd=folder)
     git("add", "-A", cwd=folder)
     git("commit", "--quiet", "-m", "deployment-tracker release", cwd=folder)
     sha = git("rev-parse", "HEAD", cwd=folder)
-    workflow = folder / ".github" / "workflows" / "deploy.yml"
     text = workflow.read_text(encoding="utf-8")
     assert "uses: $/.github/actions/setup" in text
-    workflow.write_text(
-        re.sub(r"uses: \$/(\S+)", rf"uses: {TRACKER_REPOSITORY}/\1@{sha}", text),
-        encoding="utf-8",
-    )
+    text = re.sub(r"uses: \$/(\S+)", rf"uses: {TRACKER_REPOSITORY}/\1@{sha}", text)
+    assert text.count("\n  queue: max\n") == 1
+    workflow.write_text(text.replace("\n  queue: max\n", "\n"), encoding="utf-8")
     return TrackerRelease(folder, sha)
+
+
+@pytest.fixture(scope="session")
+def tracker_release(tmp_path_factory: pytest.TempPathFactory) -> TrackerRelease:
+    return serve_release(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def environment_scoped_release(tmp_path_factory: pytest.TempPathFactory) -> TrackerRelease:
+    """The release as GitHub runs it for settings that live only on the environments: act gives
+    every job every variable, GitHub gives a job an environment's only if it names it. The one
+    job that names none and reads variables (test_workflow_static checks) sees none here."""
+
+    def hide(text: str) -> str:
+        line = "VARIABLES: ${{ toJSON(vars) }}"
+        first = text.index(line)
+        assert text.index("\n  build:\n") > first > text.index("\n  prepare:\n")
+        shown = """VARIABLES: '{"IMAGE_NAME": "Acme/WebApp"}'"""  # the repository's own
+        return text[:first] + shown + text[first + len(line) :]
+
+    return serve_release(tmp_path_factory, hide)
 
 
 @pytest.fixture(scope="session")
@@ -330,6 +356,8 @@ class World:
         for folder in (self.calls, self.artifacts, self.home):
             folder.mkdir()
         self.service = Service()
+        # Further services, by Kubernetes Deployment name (the fake kubectl tells each its own).
+        self.more_services: dict[str, Service] = {}
         self.actor = "alice"
         self.runner_python = runner_python(base / f"{name}-python", packages)
         self.repo.mkdir()
@@ -373,6 +401,9 @@ class World:
             "XDG_CONFIG_HOME": str(self.home / ".config"),
             "FAKE_CALLS_DIR": str(self.calls),
             "FAKE_SERVICE_URL": self.service.url,
+            "FAKE_SERVICE_URLS": json.dumps(
+                {name: service.url for name, service in self.more_services.items()}
+            ),
             "ACT_TEST_PYTHON_BIN": str(self.runner_python),
             "ACT_TEST_ARTIFACTS": str(self.artifacts),
             # The setup action's pip installs the pinned wheels from here: no network.
@@ -527,10 +558,11 @@ class World:
         self.service.state.version = deployment_id
         return deployment_id
 
-    def records(self) -> dict[str, dict[str, Any]]:
-        if not history_commits(self.remote):
+    def records(self, branch: str = "deployment-history") -> dict[str, dict[str, Any]]:
+        if not history_commits(self.remote, branch):
             return {}
-        return {record["id"]: record for record in history_records(self.remote, self.base)}
+        records = history_records(self.remote, self.base, branch)
+        return {record["id"]: record for record in records}
 
     def calls_of(self, tool: str) -> list[list[str]]:
         path = self.calls / f"{tool}.jsonl"
@@ -579,15 +611,24 @@ def make_world(
 ) -> Iterator[Any]:
     made: list[World] = []
 
-    def make(name: str = "app", kind: str = "python", remote: Path | None = None) -> World:
+    def make(
+        name: str = "app",
+        kind: str = "python",
+        remote: Path | None = None,
+        release: TrackerRelease | None = None,
+    ) -> World:
         remote = remote or bare_remote(tmp_path / f"{name}-remote.git")
-        world = World(tmp_path, runner_packages, tracker_release, wheels, remote, name, kind)
+        world = World(
+            tmp_path, runner_packages, release or tracker_release, wheels, remote, name, kind
+        )
         made.append(world)
         return world
 
     yield make
     for world in made:
         world.service.close()
+        for service in world.more_services.values():
+            service.close()
 
 
 @pytest.fixture
@@ -1146,7 +1187,7 @@ def test_production_from_a_commit_verified_in_staging_gets_that_image(world: Wor
     assert world.calls_of("docker") == []
     assert world.images_set() == [f"app=ghcr.io/acme/webapp:{staged}"]
     plan = "\n".join(summary_lines(result))
-    assert f"commit `{chosen}` was verified in staging as `{staged}`" in plan
+    assert f"commit `{chosen}` was verified as `{staged}`" in plan
     assert "feature/checkout" in plan.replace("\\", "")
 
 
@@ -1193,7 +1234,7 @@ def test_production_with_the_gate_off_builds_and_deploys_the_commit(world: World
     image = f"ghcr.io/acme/webapp:{record['image_tag']}"
     assert world.images_set() == [f"app={pinned(image)}"]
     assert record["image_digest"] == digest_of(image)
-    assert "gate is off" in "\n".join(summary_lines(result))
+    assert "before production, and no gate requires one" in "\n".join(summary_lines(result))
 
 
 def test_production_from_main_promotes_a_chosen_staging_deployment(world: World) -> None:
@@ -1291,7 +1332,10 @@ def test_the_app_s_own_python_files_never_run_in_the_tracker_s_steps(world: Worl
 
 
 def test_an_unconfigured_repository_deploys_nothing_and_stays_green(world: World) -> None:
-    """Fakes: docker, kubectl (neither may be called)."""
+    """No Dockerfile and no settings prepare can see: nothing to build or deploy. Fakes: docker,
+    kubectl (neither may be called)."""
+    git("rm", "--quiet", "Dockerfile", cwd=world.repo)
+    del world.app_files["Dockerfile"]
     world.commit("first change")
 
     result = world.run("push", variables={}, secrets={}, expect="Deployment not configured")
@@ -1302,6 +1346,22 @@ def test_an_unconfigured_repository_deploys_nothing_and_stays_green(world: World
     assert world.calls_of("docker") == [] and world.calls_of("kubectl") == []
     assert history_commits(world.remote) == []
     world.assert_untouched()
+
+
+def test_an_environment_with_nothing_set_deploys_nothing_and_stays_green(world: World) -> None:
+    """A Dockerfile but no settings anywhere: prepare can't tell (an environment's variables are
+    invisible to it), the deploy job can. Fakes: docker, kubectl (kubectl may not be called)."""
+    world.commit("first change")
+
+    variables = {"IMAGE_NAME": "Acme/WebApp"}  # act's github.repository is the remote's path
+
+    result = world.run("push", variables=variables, secrets={}, expect="Deployment not configured")
+
+    assert result.returncode == 0, failure_report(result)
+    assert "nothing deployed to staging" in result.output
+    assert world.calls_of("kubectl") == []
+    assert history_commits(world.remote) == []
+    assert "Verify:" not in "\n".join(summary_lines(result))
 
 
 def test_a_bot_s_push_gets_a_notice_not_a_red_run(world: World) -> None:
@@ -1318,20 +1378,20 @@ def test_a_bot_s_push_gets_a_notice_not_a_red_run(world: World) -> None:
     assert history_commits(world.remote) == []
 
 
-def test_a_half_configured_repository_fails_naming_what_is_missing(world: World) -> None:
-    """Fakes: docker, kubectl (neither may be called)."""
+def test_a_half_configured_environment_fails_naming_what_is_missing(world: World) -> None:
+    """Fakes: docker, kubectl (kubectl may not be called)."""
     world.commit("first change")
 
-    result = world.run(
-        "push", variables={"K8S_DEPLOYMENT": "webapp"}, secrets={}, expect="half-configured"
-    )
+    variables = {"K8S_DEPLOYMENT": "webapp", "IMAGE_NAME": "Acme/WebApp"}
+
+    result = world.run("push", variables=variables, secrets={}, expect="half-configured")
 
     assert result.returncode != 0
     errors = [line for line in result.output.splitlines() if "::error" in line or "missing" in line]
     text = "\n".join(errors)
-    assert "variable ENVIRONMENT_URL" in text, failure_report(result)
+    assert "staging: missing variable ENVIRONMENT_URL" in text, failure_report(result)
     assert "K8S_DEPLOYMENT" not in text and "KUBECONFIG" not in text
-    assert world.calls_of("docker") == [] and world.calls_of("kubectl") == []
+    assert world.calls_of("kubectl") == []
     assert history_commits(world.remote) == []
 
 
@@ -1363,6 +1423,127 @@ def test_the_credential_is_needed_only_by_the_jobs_that_deploy(world: World) -> 
     assert world.images_set() == []
     assert history_commits(world.remote) == before
     assert "Automatic rollback" not in "\n".join(summary_lines(result))
+
+
+# --------------------------------------------------------------------------
+# Where teams keep their settings, their environments and their services (issue 18)
+# --------------------------------------------------------------------------
+
+
+def test_settings_kept_only_on_the_environment_deploy(
+    make_world: Any, environment_scoped_release: TrackerRelease
+) -> None:
+    """Everything but IMAGE_NAME lives on the staging environment, so prepare sees none of it:
+    the run still builds, deploys and verifies. Fakes: docker, kubectl."""
+    world: World = make_world(release=environment_scoped_release)
+    sha = world.commit("a change")
+
+    result = world.run("push")
+
+    assert result.returncode == 0, failure_report(result)
+    assert "Deployment not configured" not in result.output
+    (record,) = world.records().values()
+    assert record["commit_sha"] == sha and record["status"] == "verified"
+    image = f"ghcr.io/acme/webapp:{record['image_tag']}"
+    assert world.images_set() == [f"app={pinned(image)}"]
+    assert world.service.state.version == record["image_tag"]
+
+
+def test_a_third_environment_in_a_chain_takes_only_what_the_one_before_verified(
+    world: World,
+) -> None:
+    """environments: qa,staging,production. Fakes: docker, kubectl."""
+    world.configure({}, environments="qa,staging,production")
+    sha = world.commit("search", branch="feature/search")
+
+    pushed = world.run("push")
+
+    assert pushed.returncode == 0, failure_report(pushed)
+    (qa,) = world.records().values()
+    assert qa["environment"] == "qa" and qa["status"] == "verified"
+    world.forget_calls()
+
+    staged = world.run("workflow_dispatch", environment="staging")
+
+    assert staged.returncode == 0, failure_report(staged)
+    (staging,) = [r for r in world.records().values() if r["environment"] == "staging"]
+    assert staging["promoted_from"] == qa["id"] and staging["image_tag"] == qa["image_tag"]
+    assert staging["status"] == "verified"
+    assert world.calls_of("docker") == []
+
+    released = world.run("workflow_dispatch", environment="production")
+
+    assert released.returncode == 0, failure_report(released)
+    (production,) = [r for r in world.records().values() if r["environment"] == "production"]
+    assert production["promoted_from"] == staging["id"]
+    assert production["image_tag"] == qa["image_tag"] and production["commit_sha"] == sha
+    # A commit verified nowhere can't skip qa; a name outside the list is refused.
+    world.forget_calls()
+    untested = world.commit("untested")
+    before = history_commits(world.remote)
+
+    skipped = world.run("workflow_dispatch", environment="staging")
+
+    assert skipped.returncode != 0
+    assert f"commit {untested} has no verified, unblocked deployment in qa" in skipped.output
+    assert "the qa:staging gate requires one" in skipped.output, failure_report(skipped)
+    assert "Deployment plan: refused" in "\n".join(summary_lines(skipped))
+
+    unknown = world.run("workflow_dispatch", environment="prod-eu", expect="unknown environment")
+
+    assert unknown.returncode != 0
+    assert "unknown environment prod-eu (one of: qa, staging, production)" in unknown.output
+    assert world.calls_of("docker") == [] and world.calls_of("kubectl") == []
+    assert history_commits(world.remote) == before
+
+
+def test_two_services_in_one_repository_keep_their_own_histories(world: World) -> None:
+    """Two caller jobs, `service: api` and `service: web`, from one push: each its own history
+    branch, image, Deployment and URL; the namespace is shared. Fakes: docker, kubectl; two
+    real services."""
+    web = world.more_services["web"] = Service()
+    caller = world.repo / ".github" / "workflows" / "deploy.yml"
+    head, job = caller.read_text(encoding="utf-8").split("\njobs:\n")
+    jobs = [
+        job.replace("  deploy:\n", f"  {name}:\n", 1).replace('service: ""', f"service: {name}")
+        for name in ("api", "web")
+    ]
+    caller.write_text(head + "\njobs:\n" + "\n".join(jobs), encoding="utf-8")
+    world.app_files[".github/workflows/deploy.yml"] = caller.read_text(encoding="utf-8")
+    git("add", str(caller), cwd=world.repo)
+    variables, secrets = world.settings()
+    for name in ("ENVIRONMENT_URL", "K8S_DEPLOYMENT", "K8S_CONTAINER"):
+        del variables[name]
+    variables.update(
+        API_ENVIRONMENT_URL=world.service.url,
+        WEB_ENVIRONMENT_URL=web.url,
+        API_K8S_DEPLOYMENT="api",
+        WEB_K8S_DEPLOYMENT="web",
+    )
+    sha = world.commit("one change to both")
+
+    result = world.run("push", variables=variables, secrets=secrets)
+
+    assert result.returncode == 0, failure_report(result)
+    assert history_commits(world.remote) == []  # no shared deployment-history branch
+    deployed = {}
+    for name, service in (("api", world.service), ("web", web)):
+        (record,) = world.records(f"deployment-history-{name}").values()
+        assert record["commit_sha"] == sha and record["status"] == "verified", name
+        assert service.state.version == record["image_tag"], name
+        deployed[name] = record
+    images_set = sorted(world.images_set())
+    assert images_set == [
+        f"{name}=" + pinned(f"ghcr.io/acme/webapp/{name}:{deployed[name]['image_tag']}")
+        for name in ("api", "web")
+    ]
+    sets = [args for args in world.calls_of("kubectl") if "set" in args]
+    assert sorted(args[args.index("image") + 1] for args in sets) == [
+        "deployment/api",
+        "deployment/web",
+    ]
+    assert all(args[:2] == ["--namespace", "web"] for args in sets)
+    world.assert_untouched()
 
 
 # --------------------------------------------------------------------------

@@ -210,8 +210,12 @@ def test_deploy_triggers_concurrency_and_rollback_condition() -> None:
     assert inputs["rollback"]["description"] == "Perform rollback to a previous deployment"
     assert inputs["deployment_id"]["required"] is False
     assert "**" in data["on"]["push"]["branches"]
+    # One run per service and environment; none is dropped while it waits (a manual rollback
+    # behind a push), none is cancelled while it runs.
     assert data["concurrency"]["cancel-in-progress"] is False
-    assert "inputs.environment" in data["concurrency"]["group"]
+    assert data["concurrency"]["queue"] == "max"
+    group = data["concurrency"]["group"]
+    assert "inputs.environment" in group and "inputs.service" in group
     jobs = data["jobs"]
     assert list(jobs) == ["prepare", "build", "deploy", "verify", "rollback"]
     # Only once this run's rollout started, and only for a failed rollout or smoke check.
@@ -236,7 +240,7 @@ def test_deploy_triggers_concurrency_and_rollback_condition() -> None:
     # Callable from other repositories with the same inputs, and the secrets it uses.
     call = data["on"]["workflow_call"]
     # A caller also says how its team deploys.
-    team = {"runner", "deploy_command", "verify_command", "bake_seconds"}
+    team = {"runner", "deploy_command", "verify_command", "bake_seconds", "environments", "service"}
     assert set(call["inputs"]) == set(inputs) | team
     assert call["inputs"]["rollback"]["type"] == "boolean"
     assert {"KUBECONFIG", "DEPLOYMENT_TRACKER_WEBHOOK_URL"} <= set(call["secrets"])
@@ -408,3 +412,18 @@ def test_the_cluster_credential_is_read_only_in_jobs_that_name_their_environment
         if "secrets.KUBECONFIG" in text:
             assert "environment" in job, job_id
     assert "secrets.KUBECONFIG" not in json.dumps(load(DEPLOY)["jobs"]["prepare"])
+
+
+def test_settings_are_read_only_by_the_script_that_knows_their_level() -> None:
+    """Issue 18: a job sees an environment's variables only if it names the environment. Every
+    job reads `vars` through deployment-settings alone (as JSON: a setting may be per service),
+    and only the jobs naming an environment run its `deploy` stage."""
+    text = DEPLOY.read_text(encoding="utf-8")
+    assert re.findall(r"vars\.\w+|vars\[", text) == []
+    for job_id, job in load(DEPLOY)["jobs"].items():
+        for step in job["steps"]:
+            if "toJSON(vars)" in json.dumps(step):
+                assert step["env"]["VARIABLES"] == "${{ toJSON(vars) }}", job_id
+                stage = step["run"].split()
+                assert stage[:1] == ["deployment-settings"], job_id
+                assert (stage[1] == "deploy") == ("environment" in job), job_id
