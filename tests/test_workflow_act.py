@@ -572,7 +572,8 @@ class World:
 
     def forget_calls(self) -> None:
         for path in self.calls.iterdir():
-            path.unlink()
+            if path.name != "cluster.json":  # the fake cluster's state, not a call
+                path.unlink()
 
     def images_set(self) -> list[str]:
         return [args[-1] for args in self.calls_of("kubectl") if "set" in args]
@@ -1544,6 +1545,146 @@ def test_two_services_in_one_repository_keep_their_own_histories(world: World) -
     ]
     assert all(args[:2] == ["--namespace", "web"] for args in sets)
     world.assert_untouched()
+
+
+# --------------------------------------------------------------------------
+# Blue/green (issue 18)
+# --------------------------------------------------------------------------
+
+
+def blue_green(world: World, blue_image: str = "") -> dict[str, str]:
+    """Deployments webapp-blue (running `blue_image`) and webapp-green, each with its own real
+    service at BLUE_URL / GREEN_URL, behind the Service webapp (on blue when blue runs
+    something); returns the variables. The fake kubectl keeps that state."""
+    for slot in ("blue", "green"):
+        world.more_services[f"webapp-{slot}"] = Service()
+    if blue_image:
+        tag = blue_image.rsplit(":", 1)[1]
+        world.more_services["webapp-blue"].state.version = tag
+        world.service.state.version = tag
+    state = {
+        "deployments": {"webapp-blue": blue_image, "webapp-green": ""},
+        "services": {"webapp": "blue" if blue_image else ""},
+    }
+    (world.calls / "cluster.json").write_text(json.dumps(state))
+    world.configure({}, strategy="blue-green")
+    variables, _ = world.settings()
+    blue, green = world.more_services["webapp-blue"], world.more_services["webapp-green"]
+    return {**variables, "BLUE_URL": blue.url, "GREEN_URL": green.url}
+
+
+def cluster(world: World) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads((world.calls / "cluster.json").read_text())
+    return state
+
+
+def kubectl_changes(world: World) -> list[list[str]]:
+    """The calls that changed the cluster (set image, patch), without the namespace."""
+    return [
+        args[2:4] + args[4:5]
+        for args in world.calls_of("kubectl")
+        if args[2:3] in (["set"], ["patch"])
+    ]
+
+
+def test_blue_green_deploys_the_idle_slot_checks_it_then_switches(world: World) -> None:
+    """Fakes: docker, kubectl with Deployments and the Service's selector as state; three real
+    services (live, blue, green)."""
+    good = world.seed("staging", SHA_GOOD, "20260101100000")
+    variables = blue_green(world, f"ghcr.io/acme/webapp:{good}")
+    sha = world.commit("new search")
+
+    result = world.run("push", variables=variables)
+
+    assert result.returncode == 0, failure_report(result)
+    (new,) = [r for r in world.records().values() if r["commit_sha"] == sha]
+    assert new["status"] == "verified" and new["note"] == "blue/green: the green slot"
+    image = pinned(f"ghcr.io/acme/webapp:{new['image_tag']}")
+    assert kubectl_changes(world) == [
+        ["set", "image", "deployment/webapp-green"],
+        ["patch", "service", "webapp"],
+    ]
+    assert cluster(world) == {
+        "deployments": {"webapp-blue": f"ghcr.io/acme/webapp:{good}", "webapp-green": image},
+        "services": {"webapp": "green"},
+    }
+    green = world.more_services["webapp-green"]
+    assert "GET /healthz" in green.state.requests  # checked on its own URL first
+    assert world.service.state.version == new["image_tag"]
+
+    # A release failing its check on the idle slot (blue now) is never switched to.
+    world.forget_calls()
+    broken = world.commit("broken checkout")
+    world.service.state.broken_commits.add(broken)
+    world.more_services["webapp-blue"].state.broken_commits.add(broken)
+    live_before = list(world.service.state.requests)
+
+    failed = world.run("push", variables=variables)
+
+    assert failed.returncode != 0
+    records = world.records()
+    (bad,) = [r for r in records.values() if r["commit_sha"] == broken]
+    assert bad["status"] == "failed"
+    events = world.artifact(f"deployment-{bad['id']}", "deployment.json")["events"]
+    assert "the blue slot failed its check before the switch" in events[-1]["note"]
+    assert [c[:3] for c in kubectl_changes(world)] == [["set", "image", "deployment/webapp-blue"]]
+    assert cluster(world)["services"] == {"webapp": "green"}
+    assert world.service.state.version == new["image_tag"]  # the live service never changed
+    (restore,) = [r for r in records.values() if r["rollback_of"] == new["id"]]
+    assert restore["status"] == "verified" and restore["image_tag"] == new["image_tag"]
+    assert "blue/green: the green slot" in restore["note"]
+    assert len(world.service.state.requests) > len(live_before)
+
+
+def test_blue_green_switches_back_after_a_failure_and_for_a_manual_rollback(
+    world: World,
+) -> None:
+    """The team's suite fails after the switch: the Service goes back to blue, which still runs
+    the release, with nothing redeployed; a manual rollback later is the same instant switch.
+    Fakes: docker, kubectl with state; three real services."""
+    good = world.seed("staging", SHA_GOOD, "20260101100000")
+    suite = f'[[ ! -f BREAKS_CHECKOUT || "$EXPECTED_VERSION" == {good} ]]\n'
+    world.configure({"tests/smoke.sh": suite}, verify_command="bash tests/smoke.sh")
+    variables = blue_green(world, f"ghcr.io/acme/webapp:{good}")
+    (world.repo / "BREAKS_CHECKOUT").write_text("yes\n")
+    git("add", "BREAKS_CHECKOUT", cwd=world.repo)
+    world.app_files["BREAKS_CHECKOUT"] = "yes\n"
+    sha = world.commit("checkout rewrite")
+
+    result = world.run("push", variables=variables)
+
+    assert result.returncode != 0
+    records = world.records()
+    (failed,) = [r for r in records.values() if r["commit_sha"] == sha and not r["rollback_of"]]
+    assert failed["status"] == "failed"
+    (rollback,) = [r for r in records.values() if r["rollback_of"] == good]
+    assert rollback["status"] == "verified" and "blue/green: the blue slot" in rollback["note"]
+    assert kubectl_changes(world) == [
+        ["set", "image", "deployment/webapp-green"],
+        ["patch", "service", "webapp"],  # to green
+        ["patch", "service", "webapp"],  # back to blue: no image set
+    ]
+    assert cluster(world)["services"] == {"webapp": "blue"}
+    assert world.service.state.version == good
+
+    # A fixed release goes to green again; a manual rollback then switches back to blue.
+    git("rm", "--quiet", "BREAKS_CHECKOUT", cwd=world.repo)
+    del world.app_files["BREAKS_CHECKOUT"]
+    fixed_sha = world.commit("checkout fixed")
+    fixed_run = world.run("push", variables=variables)
+    assert fixed_run.returncode == 0, failure_report(fixed_run)
+    (fixed,) = [r for r in world.records().values() if r["commit_sha"] == fixed_sha]
+    assert fixed["status"] == "verified" and cluster(world)["services"] == {"webapp": "green"}
+    world.forget_calls()
+
+    manual = world.run("workflow_dispatch", variables=variables, rollback="true")
+
+    assert manual.returncode == 0, failure_report(manual)
+    (back,) = [r for r in world.records().values() if r["rollback_of"] and r["id"] not in records]
+    assert back["image_tag"] == good and back["status"] == "verified"
+    assert "blue/green: the blue slot" in back["note"]
+    assert kubectl_changes(world) == [["patch", "service", "webapp"]]
+    assert world.service.state.version == good
 
 
 # --------------------------------------------------------------------------

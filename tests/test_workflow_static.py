@@ -240,7 +240,8 @@ def test_deploy_triggers_concurrency_and_rollback_condition() -> None:
     # Callable from other repositories with the same inputs, and the secrets it uses.
     call = data["on"]["workflow_call"]
     # A caller also says how its team deploys.
-    team = {"runner", "deploy_command", "verify_command", "bake_seconds", "environments", "service"}
+    team = {"runner", "deploy_command", "verify_command", "bake_seconds", "strategy"}
+    team |= {"environments", "service"}
     assert set(call["inputs"]) == set(inputs) | team
     assert call["inputs"]["rollback"]["type"] == "boolean"
     assert {"KUBECONFIG", "DEPLOYMENT_TRACKER_WEBHOOK_URL"} <= set(call["secrets"])

@@ -48,7 +48,12 @@ ENVIRONMENT_SETTINGS = {
     "K8S_CONTAINER": "",
     "K8S_NAMESPACE": "",
     "ROLLOUT_TIMEOUT": "",
+    # strategy blue-green: the Service that switches (default K8S_DEPLOYMENT), each slot's URL.
+    "K8S_SERVICE": "",
+    "BLUE_URL": "",
+    "GREEN_URL": "",
 }
+STRATEGIES = ("rolling", "blue-green")
 # Read by prepare and build, which name no environment: repository or organisation level only.
 REPOSITORY_SETTINGS = {
     "REGISTRY": "ghcr.io",
@@ -80,6 +85,10 @@ class _Settings:
             return self.prefix + name
         return name
 
+    def describe(self, name: str) -> str:
+        """How a user sets `name`, for a message."""
+        return f"variable {self.prefix}{name} (or {name})" if self.prefix else f"variable {name}"
+
     def get(self, name: str, default: str = "") -> str:
         value = self.variables.get(self.name_of(name), "")
         return re.sub(r"[\r\n]", "", value).strip() or default
@@ -104,6 +113,13 @@ def _service() -> str:
             " at most 40 characters",
         )
     return service
+
+
+def _strategy() -> str:
+    strategy = os.environ.get("STRATEGY", "").strip() or STRATEGIES[0]
+    if strategy not in STRATEGIES:
+        raise SettingsError("Deployment not started", "the strategy must be rolling or blue-green")
+    return strategy
 
 
 def environments(text: str) -> list[str]:
@@ -140,6 +156,7 @@ def _image_name(settings: _Settings, repository: str, service: str) -> str:
 
 def prepare(out: dict[str, str], notices: list[str]) -> None:
     service = _service()
+    _strategy()
     settings = _Settings(_variables(), service)
     chain = environments(os.environ.get("ENVIRONMENTS", ""))
     environment = os.environ.get("INPUT_ENVIRONMENT", "").strip() or chain[0]
@@ -201,7 +218,7 @@ def deploy(out: dict[str, str], notices: list[str]) -> None:
         out[name.lower()] = settings.get(name, default)
     target = os.environ.get("DEPLOY_COMMAND") or out["k8s_deployment"]
     missing = [
-        f"variable {settings.prefix + name} (or {name})" if settings.prefix else f"variable {name}"
+        settings.describe(name)
         for name, value in (("K8S_DEPLOYMENT", target), ("ENVIRONMENT_URL", out["environment_url"]))
         if not value
     ]
@@ -214,11 +231,20 @@ def deploy(out: dict[str, str], notices: list[str]) -> None:
             " and the secret KUBECONFIG, on the environment or the repository (README: Settings)"
         )
         return
+    if _strategy() == "blue-green":
+        if os.environ.get("DEPLOY_COMMAND"):
+            raise SettingsError(
+                "Deployment not started",
+                "strategy blue-green deploys with kubectl: it takes no deploy_command",
+            )
+        missing += [
+            settings.describe(name) for name in ("BLUE_URL", "GREEN_URL") if not out[name.lower()]
+        ]
     if missing:
         raise SettingsError(
             "Deployment half-configured",
-            f"{environment}: missing {missing[0]} (set it on the environment or the repository,"
-            " in Settings > Secrets and variables > Actions)",
+            f"{environment}: missing {', '.join(missing)} (set each on the environment or the"
+            " repository, in Settings > Secrets and variables > Actions)",
         )
     out["configured"] = "true"
 

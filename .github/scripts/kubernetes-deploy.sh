@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Roll the Kubernetes deployment to one image and wait until the rollout has finished.
 #
-# Usage: kubernetes-deploy.sh IMAGE
+# Usage: kubernetes-deploy.sh [--plan] IMAGE
 # Environment:
 #   K8S_DEPLOYMENT   deployment name (required)
 #   K8S_CONTAINER    container to update (default: the deployment name)
@@ -14,9 +14,17 @@
 #   IMAGE_DIGEST     the image's digest (sha256:...): IMAGE@DIGEST is deployed, so what runs is
 #                    what was pushed and verified, whatever the tag points to now. Without it (a
 #                    deployment recorded before digests were), the tag is deployed, with a warning.
+#   STRATEGY         rolling (default: `kubectl set image` on K8S_DEPLOYMENT) or blue-green
+#                    (deployment-bluegreen: K8S_DEPLOYMENT-blue and -green behind the Service
+#                    K8S_SERVICE); --plan then prints the slot IMAGE would serve from.
 set -euo pipefail
 
-image=${1:?usage: kubernetes-deploy.sh IMAGE}
+plan=
+if [[ "${1:-}" == --plan ]]; then
+  plan=1
+  shift
+fi
+image=${1:?usage: kubernetes-deploy.sh [--plan] IMAGE}
 digest=${IMAGE_DIGEST:-}
 if [[ -n "$digest" ]]; then
   if [[ ! "$digest" =~ ^sha256:[0-9a-f]{64}$ ]]; then
@@ -24,8 +32,11 @@ if [[ -n "$digest" ]]; then
     exit 2
   fi
   image="$image@$digest"
-else
+elif [[ -z "$plan" ]]; then
   echo "::warning title=Deployed by tag::no digest is recorded for $image: the tag is deployed as the registry has it now"
+fi
+if [[ "${STRATEGY:-rolling}" == blue-green ]]; then
+  exec deployment-bluegreen "$([[ -n "$plan" ]] && echo plan || echo deploy)" "$image"
 fi
 if [[ -n "${DEPLOY_COMMAND:-}" ]]; then
   echo "Deploying $image with the deploy command"

@@ -84,7 +84,7 @@ cp "$source_root/deployment_tracker.py" "$site/deployment_tracker.py"
 
 # The workflow's helper scripts (standard library only) go in as modules too, so that they also
 # run from cached bytecode: the history script runs about 20 times per workflow run.
-for name in history notify settings text; do
+for name in bluegreen history notify settings text; do
   cp "$source_root/.github/scripts/deployment_$name.py" "$site/deployment_$name.py"
   "$venv/bin/python" -I -m compileall -q "$site/deployment_$name.py"
 done
@@ -101,7 +101,7 @@ launcher() { # NAME ARGUMENTS...: a bash script running the environment's Python
 }
 # Imported, not run as a script, so every call uses the compiled bytecode.
 launcher deployment-tracker -c 'import sys; from deployment_tracker import main; sys.exit(main())'
-for name in history notify settings text; do
+for name in bluegreen history notify settings text; do
   launcher "deployment-$name" -c "import sys; from deployment_$name import main; sys.exit(main())"
 done
 for script in kubernetes-deploy smoke-check; do
