@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shlex
 import sqlite3
 import subprocess
@@ -40,6 +41,8 @@ from history_helpers import (
     tracker,
     with_history,
 )
+
+import deployment_tracker as dt
 
 SHA_A = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
 SHA_B = "b1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
@@ -218,6 +221,7 @@ def test_usage_errors_are_one_line_and_exit_2(
     [
         ({"DEPLOYMENT_HISTORY_MAX_BYTES": "lots"}, "DEPLOYMENT_HISTORY_MAX_BYTES must be a number"),
         ({"DEPLOYMENT_TRACKER_COMMAND": "'unclosed"}, "invalid tracker command"),
+        ({"DEPLOYMENT_HISTORY_WRITE_DEADLINE": "soon"}, "DEPLOYMENT_HISTORY_WRITE_DEADLINE must"),
     ],
 )
 def test_bad_settings_in_the_environment_are_usage_errors(
@@ -237,6 +241,21 @@ def test_exhausted_retries_give_one_line_and_exit_1(work: Path) -> None:
     assert "after 3 attempts" in errors[0]
     assert "attempt 3/3" in result.stderr
     assert result.stdout == ""
+
+
+def test_without_a_count_a_write_is_redone_until_its_deadline(work: Path) -> None:
+    """Issue 20: no fixed attempt budget, a deadline (here 2 s against a missing remote)."""
+    env = {"DEPLOYMENT_HISTORY_WRITE_DEADLINE": "2"}
+    started = time.monotonic()
+
+    result = record(work, remote=str(work.parent / "missing.git"), backoff="0.1", env=env)
+
+    assert result.returncode == 1
+    assert time.monotonic() - started < 30
+    (error,) = [line for line in result.stderr.splitlines() if "error:" in line]
+    made = re.search(r"after (\d+) attempts in \d+s", error)
+    assert made and int(made.group(1)) >= 4, result.stderr
+    assert re.search(r"; attempt 2 in 0\.\ds \(\ds left\)", result.stderr)
 
 
 def test_outside_a_git_repository_fails_clearly(tmp_path: Path, remote: Path) -> None:
@@ -342,11 +361,12 @@ def test_a_lost_race_is_redone_on_the_fresh_copy_and_only_its_output_is_kept(
 WRITER = """
 import subprocess, sys
 script, clone, writer, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+options = sys.argv[5:] or ["--attempts", "60", "--backoff", "0.2"]
 for index in range(count):
     sha = f"{writer:02d}{index:02d}" + "c" * 36
     environment = ("staging", "qa")[writer % 2]
     result = subprocess.run(
-        [sys.executable, script, "--attempts", "60", "--backoff", "0.2", "--",
+        [sys.executable, script, *options, "--",
          "record", "--environment", environment, "--branch", f"writer-{writer}",
          "--commit", sha, "--actor", f"writer-{writer}"],
         cwd=clone, capture_output=True, text=True,
@@ -356,15 +376,33 @@ for index in range(count):
 """
 
 
-def test_six_racing_writers_all_land(tmp_path: Path, remote: Path) -> None:
-    """6 separate clones, 6 processes, 5 records each, all at once, into one bare remote."""
-    writers, per_writer = 6, 5
+@pytest.mark.parametrize(
+    ("writers", "per_writer", "options"),
+    [
+        (6, 5, []),
+        # Issue 20: 16 at once, with no attempt budget, only the default write deadline.
+        (16, 2, ["--backoff", "0.2"]),
+    ],
+)
+def test_racing_writers_all_land_exactly_once(
+    tmp_path: Path, remote: Path, writers: int, per_writer: int, options: list[str]
+) -> None:
+    """N separate clones, N processes, all at once, into one bare remote."""
     clones = [clone(remote, tmp_path / f"clone-{n}") for n in range(writers)]
     started = time.monotonic()
     env = {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # the venv's deployment-tracker
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(HISTORY_SCRIPT), str(path), str(n), str(per_writer)],
+            [
+                sys.executable,
+                "-c",
+                WRITER,
+                str(HISTORY_SCRIPT),
+                str(path),
+                str(n),
+                str(per_writer),
+                *options,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -387,7 +425,7 @@ def test_six_racing_writers_all_land(tmp_path: Path, remote: Path) -> None:
     # One commit per record, one line of history: nothing was lost or forced over.
     assert len(history_commits(remote)) == writers * per_writer
     assert git("--git-dir", str(remote), "rev-list", "--merges", HISTORY_BRANCH) == ""
-    print(f"6 writers x 5 records landed in {elapsed:.1f}s")
+    print(f"{writers} writers x {per_writer} records landed in {elapsed:.1f}s")
 
 
 def test_readme_recipe_reads_the_history_locally(work: Path, remote: Path, tmp_path: Path) -> None:
@@ -431,6 +469,143 @@ def seeded_database(path: Path) -> bytes:
     data = path.read_bytes()
     assert b"\r\n" in data
     return data
+
+
+def test_a_prune_shrinks_the_stored_file(work: Path, remote: Path, tmp_path: Path) -> None:
+    """Issue 20: what a prune frees leaves the file (vacuumed), not only the table."""
+    seed = tmp_path / "big.db"
+    db = dt.connect(str(seed), write=True)
+    for index in range(400):
+        request = dt.RecordRequest(
+            environment="staging",
+            branch="main",
+            commit_sha=f"{index:07x}" + "d" * 33,
+            note="a long note " * 20,
+        )
+        dt.record_deployment(db, request.checked(), gates={})
+    db.close()
+    put_history_file(remote, seed.read_bytes())
+    before = len(history_db(remote, tmp_path / "before.db").read_bytes())
+
+    result = with_history("--", "prune", "--keep", "10", "--by", "ops", cwd=work)
+
+    assert result.returncode == 0, result.stderr
+    after = history_db(remote, tmp_path / "after.db")
+    assert len(after.read_bytes()) * 4 < before
+    assert integrity(after) == "ok"
+    assert len(history_records(remote, tmp_path)) == 10
+
+
+def test_a_read_never_pushes_whatever_the_tracker_did_to_its_copy(work: Path, remote: Path) -> None:
+    """A read is given a throwaway copy: a tracker changing it (here, a stand-in that writes a
+    row on `list`) changes nothing on the branch."""
+    assert record_a(work).returncode == 0
+    tip = history_commits(remote)
+    writer = (
+        "import sqlite3, sys; db = sqlite3.connect(sys.argv[sys.argv.index('--db') + 1]);"
+        " db.execute(\"UPDATE deployments SET note = 'changed by a read'\"); db.commit()"
+    )
+    command = shlex.join([sys.executable, "-c", writer])
+
+    result = with_history("--tracker", command, "--", "list", cwd=work)
+
+    assert result.returncode == 0, result.stderr
+    assert history_commits(remote) == tip
+    (record_,) = history_records(remote, work.parent)
+    assert record_["note"] != "changed by a read"
+
+
+# --------------------------------------------------------------------------
+# import: start or replace the history from a database file (issue 20)
+# --------------------------------------------------------------------------
+
+
+def local_database(path: Path, count: int) -> Path:
+    """A team's own .github/deployments.db, written by the tracker."""
+    db = dt.connect(str(path), write=True)
+    for index in range(count):
+        sha = f"{index:07x}" + "e" * 33
+        request = dt.RecordRequest(environment="staging", branch="main", commit_sha=sha)
+        dt.record_deployment(db, request.checked(), gates={})
+    db.close()
+    return path
+
+
+def test_import_starts_the_history_from_a_local_database(
+    work: Path, remote: Path, tmp_path: Path
+) -> None:
+    local = local_database(work / "deployments.db", 5)
+    listed = tracker("--db", str(local), "list", "--all", "--format", "json", cwd=work)
+    expected = json.loads(listed.stdout)
+
+    result = with_history("--", "import", "deployments.db", cwd=work)
+
+    assert result.returncode == 0, result.stderr
+    assert "history: imported 5 deployments as " in result.stderr
+    assert history_records(remote, tmp_path) == expected
+    assert len(history_commits(remote)) == 1
+    # The history goes on from there as any other.
+    assert record(work, "--id", ID_A).returncode == 0
+    assert len(history_records(remote, tmp_path)) == 6
+
+
+def test_import_replaces_an_existing_history_only_when_asked(
+    work: Path, remote: Path, tmp_path: Path
+) -> None:
+    assert record_a(work).returncode == 0
+    tip = history_tip(remote)
+    local_database(tmp_path / "team.db", 3)
+
+    refused = with_history("--", "import", str(tmp_path / "team.db"), cwd=work)
+
+    assert refused.returncode == 1
+    assert "already has a history on deployment-history" in one_error_line(refused)
+    assert "--replace" in refused.stderr
+    assert history_tip(remote) == tip
+
+    replaced = with_history("--", "import", "--replace", str(tmp_path / "team.db"), cwd=work)
+
+    assert replaced.returncode == 0, replaced.stderr
+    assert len(history_records(remote, tmp_path)) == 3
+    # Not forced: the replaced history stays in the branch's log.
+    assert history_commits(remote)[1] == tip
+
+
+@pytest.mark.parametrize(
+    ("statements", "message"),
+    [
+        (["CREATE TABLE loot (x)"], "history database"),
+        ([f"PRAGMA user_version = {len(dt.MIGRATIONS) + 1}"], "the tracker refuses"),
+    ],
+    ids=["foreign-schema", "from-a-newer-tracker"],
+)
+def test_import_refuses_a_file_the_tracker_would_refuse(
+    work: Path, remote: Path, tmp_path: Path, statements: list[str], message: str
+) -> None:
+    crafted = local_database(tmp_path / "crafted.db", 2)
+    sqlite_bytes(crafted, *statements)
+
+    result = with_history("--", "import", str(crafted), cwd=work)
+
+    assert result.returncode == 1
+    assert message in one_error_line(result)
+    assert history_commits(remote) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "usage: deployment-history -- import FILE [--replace]"),
+        (["a.db", "b.db"], "usage: deployment-history -- import FILE"),
+        (["missing.db"], "no such database file: 'missing.db'"),
+    ],
+)
+def test_import_usage_errors(work: Path, remote: Path, args: list[str], message: str) -> None:
+    result = with_history("--", "import", *args, cwd=work)
+
+    assert result.returncode == 2
+    assert message in one_error_line(result)
+    assert history_commits(remote) == []
 
 
 @pytest.mark.parametrize(

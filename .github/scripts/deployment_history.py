@@ -6,8 +6,10 @@ moment, so the shared history is the SQLite file `deployments.db` committed on a
 of a git remote. This script fetches that branch's tip, runs one tracker command against a private
 copy of the file, checkpoints it and pushes a commit whose parent is the tip it started from. A
 rejected push (the branch moved on) is never forced: the whole operation is redone on the newer tip
-after a randomised exponential backoff. Only git plumbing is used; the work tree, the index and
-HEAD are never touched. The file is stored and read byte for byte (no .gitattributes filters).
+after a randomised exponential backoff, until $DEPLOYMENT_HISTORY_WRITE_DEADLINE (600 s) rather
+than a fixed number of times (--attempts caps it). Only git plumbing is used; the work tree, the
+index and HEAD are never touched. The file is stored and read byte for byte (no .gitattributes
+filters); after a write that freed a quarter of its pages (a prune) it is vacuumed.
 A fetched file is untrusted: its schema is checked (only the tracker's tables and indexes) before
 any statement runs on it, then integrity_check, all under a deadline
 ($DEPLOYMENT_HISTORY_SQL_DEADLINE, 120 s).
@@ -71,11 +73,25 @@ TRACKER_DB_ENV = "DEPLOYMENT_TRACKER_DB"
 TRACKER_HISTORY_ENV = "DEPLOYMENT_TRACKER_HISTORY"
 DEFAULT_REMOTE = "origin"
 DEFAULT_BRANCH = "deployment-history"
-DEFAULT_ATTEMPTS = 10
+# A write lost to a faster one is redone until this deadline, not a fixed number of times: a
+# write never fails while the others are merely making progress (--attempts caps it too).
+WRITE_DEADLINE_ENV = "DEPLOYMENT_HISTORY_WRITE_DEADLINE"
+DEFAULT_WRITE_DEADLINE_SECONDS = 600.0
 DEFAULT_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 8.0
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 CHUNK = 1024 * 1024
+FREE_AND_ALL = ("freelist_count", "page_count")
+# Ours, not the tracker's: start or replace the history from a database file.
+IMPORT = "import"
+IMPORT_USAGE = f"usage: {PROG} -- import FILE [--replace]"
+IMPORT_HELP = """\
+Start the shared history from a database file (a team's own .github/deployments.db), or
+replace it with --replace (not forced: the history it replaces stays in the branch's log).
+The file is checked as a fetched history is (only the tracker's tables, integrity, a version
+this tracker reads) and vacuumed; nothing is pushed if any check fails."""
+# How the branch stores the history: 1, one deployments.db (and a README.md) per commit.
+LAYOUT = 1
 # Work on a fetched (untrusted) file is interrupted past this deadline, per connection.
 SQL_DEADLINE_ENV = "DEPLOYMENT_HISTORY_SQL_DEADLINE"
 DEFAULT_SQL_DEADLINE_SECONDS = 120.0
@@ -489,6 +505,10 @@ def _make_self_contained(path: str, deadline: float, *, fetched: bool) -> None:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("PRAGMA journal_mode = DELETE")
         result = str(db.execute(f"PRAGMA {check}").fetchone()[0])
+        # After a write that freed much (a prune), the stored file shrinks with it.
+        free, pages = (db.execute(f"PRAGMA {name}").fetchone()[0] for name in FREE_AND_ALL)
+        if not fetched and result == "ok" and free * 4 > pages:
+            db.execute("VACUUM")
     except sqlite3.Error as error:
         raise _refused("checked", error, deadline) from None
     finally:
@@ -588,12 +608,13 @@ class Settings(NamedTuple):
     remote: Remote
     branch: str
     repo: str
-    attempts: int
+    attempts: Optional[int]  # None: until the write deadline
     backoff: float
     tracker: list[str]
     max_bytes: int
     deadline: float
     command: list[str]
+    write_deadline: float = DEFAULT_WRITE_DEADLINE_SECONDS
     announce: bool = False  # say which history a read saw, and what a write pushed
     show_commits: bool = False  # list the commits a `rollback-target --preview` names
 
@@ -615,8 +636,52 @@ def _announce_read(git: Git, s: Settings, tip: str) -> None:
     print(_shown(line), file=sys.stderr, flush=True)
 
 
+def _import(s: Settings, git: Git, shallow: bool, scratch: str) -> int:
+    """`import FILE [--replace]`: FILE, checked as a fetched file is, becomes the history."""
+    args = s.command[1:]
+    replace = "--replace" in args
+    files = [arg for arg in args if arg != "--replace"]
+    if len(files) != 1 or files[0].startswith("-"):
+        raise UsageError(IMPORT_USAGE)
+    source = files[0]
+    if not os.path.isfile(source):
+        raise UsageError(f"no such database file: '{_shown(source)}'")
+    if os.path.getsize(source) > s.max_bytes:
+        raise HistoryError(f"{_shown(source)} is over the limit of {s.max_bytes} bytes")
+    db_path = os.path.join(scratch, HISTORY_FILE)
+    shutil.copyfile(source, db_path)
+    _make_self_contained(db_path, s.deadline, fetched=True)
+    db = _open(db_path, s.deadline)
+    try:
+        db.execute("VACUUM")
+        count = int(db.execute("SELECT count(*) FROM deployments").fetchone()[0])
+    except sqlite3.Error as error:
+        raise _refused("read", error, s.deadline) from None
+    finally:
+        db.close()
+    # The tracker must read it as it is (a file from a newer tracker is refused here, not later).
+    check = _run_tracker(s.tracker, ["list", "--limit", "1"], db_path, None)
+    if check.returncode != 0:
+        said = check.stderr.decode("utf-8", "replace").strip().splitlines() or ["no reason"]
+        raise HistoryError(f"the tracker refuses {_shown(source)}: {_shown(said[-1])}")
+    tip = _fetch_tip(git, s.remote.target, s.branch, shallow=shallow)
+    if tip is not None and not replace:
+        raise HistoryError(
+            f"{s.remote.shown} already has a history on {s.branch} (at {tip[:7]}):"
+            " add --replace to replace it (its earlier commits stay on the branch)"
+        )
+    message = f"deployment-history import: {count} deployments\n"
+    commit = _commit(git, db_path, tip, message)
+    _push(git, s.remote, s.branch, commit)
+    done = f"history: imported {count} deployments as {commit[:7]} to {s.remote.shown} {s.branch}"
+    print(_shown(done), file=sys.stderr, flush=True)
+    return 0
+
+
 def _attempt(s: Settings, git: Git, shallow: bool, scratch: str, target: Optional[str]) -> int:
     """Fetch, apply the command to a fresh copy, commit and push; its exit code."""
+    if s.command[0] == IMPORT:
+        return _import(s, git, shallow, scratch)
     db_path = os.path.join(scratch, HISTORY_FILE)
     github_output = os.path.join(scratch, "github_output") if target else None
     tip = _fetch_tip(git, s.remote.target, s.branch, shallow=shallow)
@@ -627,14 +692,16 @@ def _attempt(s: Settings, git: Git, shallow: bool, scratch: str, target: Optiona
         _make_self_contained(db_path, s.deadline, fetched=True)
     if s.announce and tip is not None and s.command[0] in READ_COMMANDS:
         _announce_read(git, s, tip)
-    before = _content_digest(db_path, s.deadline)
+    # A read never pushes, so it needs no digests (each reads the whole history).
+    reads = s.command[0] in READ_COMMANDS
+    before = None if reads else _content_digest(db_path, s.deadline)
     result = _run_tracker(s.tracker, s.command, db_path, github_output)
     if result.returncode != 0:
         _pass_on(result, None, None)
         return result.returncode
-    if os.path.exists(db_path):
+    if os.path.exists(db_path) and not reads:
         _make_self_contained(db_path, s.deadline, fetched=False)
-    after = _content_digest(db_path, s.deadline)
+    after = None if reads else _content_digest(db_path, s.deadline)
     if after is not None and after != before:
         commit = _commit(git, db_path, tip, _commit_message(s.command))
         _push(git, s.remote, s.branch, commit)
@@ -663,18 +730,29 @@ def _run(s: Settings) -> int:
     target = os.environ.get("GITHUB_OUTPUT") or None
     jitter = random.SystemRandom()
     problem = ""
-    for attempt in range(1, s.attempts + 1):
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
         if attempt > 1:
+            left = s.write_deadline - (time.monotonic() - started)
+            if left <= 0 or (s.attempts is not None and attempt > s.attempts):
+                break
             delay = jitter.uniform(0, min(MAX_BACKOFF_SECONDS, s.backoff * 2 ** (attempt - 2)))
-            _say(f"{problem}; attempt {attempt}/{s.attempts} in {delay:.1f}s")
-            time.sleep(delay)
+            wait = min(delay, left)
+            if s.attempts is not None:
+                _say(f"{problem}; attempt {attempt}/{s.attempts} in {wait:.1f}s")
+            else:
+                _say(f"{problem}; attempt {attempt} in {wait:.1f}s ({left:.0f}s left)")
+            time.sleep(wait)
         with tempfile.TemporaryDirectory(prefix="deployment-history-") as scratch:
             try:
                 return _attempt(s, git, shallow, scratch, target)
             except GitFailure as error:
                 problem = str(error)
     verb = "read" if s.command[0] in READ_COMMANDS else "update"
-    tries = f" after {s.attempts} attempts" if s.attempts > 1 else ""
+    made = attempt - 1
+    tries = f" after {made} attempts in {time.monotonic() - started:.0f}s" if made > 1 else ""
     raise HistoryError(
         f"could not {verb} the deployment history on {s.remote.shown} {s.branch}{tries}: {problem}"
     )
@@ -715,7 +793,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--remote", default=os.environ.get(REMOTE_ENV) or DEFAULT_REMOTE, help=remote_help)
     add("--branch", default=os.environ.get(BRANCH_ENV) or DEFAULT_BRANCH, help="history branch")
     add("--repo", default=".", help="local git repository to work from (default: .)")
-    add("--attempts", type=_number_in(int, 1, 100), default=DEFAULT_ATTEMPTS)
+    add(
+        "--attempts",
+        type=_number_in(int, 1, 1000),
+        default=None,
+        help=f"at most this many attempts (default: until ${WRITE_DEADLINE_ENV}, 600 s)",
+    )
     add("--backoff", type=_number_in(float, 0, 60), default=DEFAULT_BACKOFF_SECONDS)
     add("--tracker", help=f"tracker command (env {TRACKER_ENV}; default: on PATH)")
     add("command", nargs=argparse.REMAINDER, help="the tracker subcommand and its arguments")
@@ -741,14 +824,14 @@ def _max_bytes() -> int:
     return int(text)
 
 
-def _sql_deadline() -> float:
-    text = os.environ.get(SQL_DEADLINE_ENV, "").strip()
+def _seconds(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
     if not text:
-        return DEFAULT_SQL_DEADLINE_SECONDS
+        return default
     try:
         return float(_number_in(float, 0.001, 3600)(text))
     except argparse.ArgumentTypeError as error:
-        raise UsageError(f"{SQL_DEADLINE_ENV} must be seconds: {_shown(str(error))}") from None
+        raise UsageError(f"{name} must be seconds: {_shown(str(error))}") from None
 
 
 def _settings(argv: list[str]) -> Settings:
@@ -763,16 +846,20 @@ def _settings(argv: list[str]) -> Settings:
     if not command or command[0].startswith("-") or command[0] == "with-history":
         shown = f"'{_shown(command[0])}'" if command else "nothing"
         raise UsageError(f"expected -- and a tracker subcommand (e.g. -- record ...), not {shown}")
+    if command[0] == IMPORT and {"-h", "--help"} & set(command[1:]):
+        print(f"{IMPORT_USAGE}\n\n{IMPORT_HELP}")
+        raise SystemExit(0)
     return Settings(
         remote=_parse_remote(options.remote),
         branch=_check_branch(options.branch),
         repo=options.repo,
-        attempts=int(options.attempts),
+        attempts=None if options.attempts is None else int(options.attempts),
         backoff=float(options.backoff),
         tracker=_tracker_command(options.tracker),
         max_bytes=_max_bytes(),
-        deadline=_sql_deadline(),
+        deadline=_seconds(SQL_DEADLINE_ENV, DEFAULT_SQL_DEADLINE_SECONDS),
         command=command,
+        write_deadline=_seconds(WRITE_DEADLINE_ENV, DEFAULT_WRITE_DEADLINE_SECONDS),
     )
 
 

@@ -85,12 +85,17 @@ WRITES = ("`record`", "`verify`")
 class Layout:
     importer: bool  # `deployment-history import FILE [--replace]` exists
     session: bool  # $DEPLOYMENT_HISTORY_SESSION=DIR makes a job's calls share one fetch
+    version: int = 1  # the history module's LAYOUT: 1 is one deployments.db per commit
+
+    @property
+    def single_file(self) -> bool:
+        return self.version < 2
 
     @property
     def name(self) -> str:
-        if self.importer:
-            return "new layout (seeded by `deployment-history import`)"
-        return "today's single-file layout (seeded by committing deployments.db)"
+        layout = "today's single-file layout" if self.single_file else f"layout {self.version}"
+        seeded = "`deployment-history import`" if self.importer else "committing deployments.db"
+        return f"{layout} (seeded by {seeded})"
 
 
 def detect_layout(seed: str, session: str) -> Layout:
@@ -111,9 +116,11 @@ def detect_layout(seed: str, session: str) -> Layout:
     spec = importlib.util.find_spec("deployment_tracker_workflow.deployment_history")
     source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
     sessions = SESSION_ENV in general.stdout + helped.stdout or SESSION_ENV in source
+    found = re.search(r"(?m)^LAYOUT = (\d+)$", source)
     return Layout(
         importer={"auto": importer, "import": True, "commit": False}[seed],
         session={"auto": sessions, "on": True, "off": False}[session],
+        version=int(found.group(1)) if found else 1,
     )
 
 
@@ -926,6 +933,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data: dict[str, Any] = {
         "layout": layout.name,
         "importer": layout.importer,
+        "layout_version": layout.version,
         "session": layout.session,
         "runs": options.runs,
         "sizes": [],
@@ -933,7 +941,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     log(f"layout: {layout.name}; session mode: {layout.session}")
     for size in sizes:
-        if not layout.importer and limit is not None and size > limit:
+        if layout.single_file and limit is not None and size > limit:
             skipped = SizeResult(size, skipped="skipped (today's layout moves the whole file)")
             data["sizes"].append(asdict(skipped))
             continue
