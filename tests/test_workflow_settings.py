@@ -97,7 +97,7 @@ def test_by_default_a_push_deploys_staging_and_production_is_gated_on_it(tmp_pat
 
 
 def test_a_chain_of_three_gates_each_environment_on_the_one_before(tmp_path: Path) -> None:
-    chain = {"ENVIRONMENTS": " qa, staging ,prod-eu"}
+    chain = {"ENVIRONMENTS": "qa,staging,prod-eu"}
 
     push = settings("prepare", tmp_path, CLUSTER, **chain)
     staging = settings("prepare", tmp_path, CLUSTER, INPUT_ENVIRONMENT="staging", **chain)
@@ -130,6 +130,8 @@ def test_the_gates_variable_overrides_the_chain(tmp_path: Path) -> None:
         ({"INPUT_ENVIRONMENT": "x\n::warning::forged"}, {}, "environment must be lowercase"),
         ({"ENVIRONMENTS": "qa,QA"}, {}, "environments: environment must be lowercase"),
         ({"ENVIRONMENTS": "qa,staging,qa"}, {}, "a name is listed twice"),
+        ({"ENVIRONMENTS": "qa, staging"}, {}, "names separated by commas, without spaces"),
+        ({"ENVIRONMENTS": "qa,,staging"}, {}, "environments: environment must be lowercase"),
         ({"SERVICE": "Web App"}, {}, "the service must be lowercase"),
         ({}, {"DEPLOYMENT_TRACKER_GATES": "staging"}, "gates must be SOURCE:TARGET pairs"),
         ({}, {"DEPLOYMENT_HISTORY_BRANCH": "a..b"}, "DEPLOYMENT_HISTORY_BRANCH:"),

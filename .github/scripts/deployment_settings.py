@@ -124,7 +124,13 @@ def _strategy() -> str:
 
 def environments(text: str) -> list[str]:
     """The `environments` input: names in promotion order, separated by commas."""
-    names = [name.strip() for name in (text.strip() or DEFAULT_ENVIRONMENTS).split(",")]
+    text = text.strip() or DEFAULT_ENVIRONMENTS
+    if re.search(r"\s", text):
+        # The concurrency group compares the first name as written.
+        raise SettingsError(
+            "Deployment not started", "environments: names separated by commas, without spaces"
+        )
+    names = text.split(",")
     try:
         for name in names:
             tracker.check_environment(name)
