@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, NoReturn, Optional, TypeVar, Union
 
 import click
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # ==========================================================================
 # Constants and SQL

@@ -327,8 +327,9 @@ def test_a_push_the_server_refuses_is_not_a_race_and_says_what_the_server_said(
     assert history_commits(remote) == before
 
 
+@pytest.mark.parametrize("session", [False, True], ids=["one-call", "in-a-session"])
 def test_a_lost_race_is_redone_on_the_fresh_copy_and_only_its_output_is_kept(
-    tmp_path: Path, remote: Path, work: Path
+    tmp_path: Path, remote: Path, work: Path, session: bool
 ) -> None:
     assert record_a(work).returncode == 0
     rival = clone(remote, tmp_path / "rival")
@@ -339,9 +340,12 @@ def test_a_lost_race_is_redone_on_the_fresh_copy_and_only_its_output_is_kept(
     before_push = (
         f'if [ "$3" = push ] && mkdir {shlex.quote(str(tmp_path / "raced"))} 2>/dev/null; then'
         f" (cd {shlex.quote(str(rival))} && PATH={shlex.quote(str(BIN))}:/usr/bin:/bin"
-        f" GITHUB_OUTPUT= {rival_write} >/dev/null); fi"
+        f" GITHUB_OUTPUT= DEPLOYMENT_HISTORY_SESSION= {rival_write} >/dev/null); fi"
     )
     env = fake_git(tmp_path / "racing-git", before_push)
+    if session:  # warmed by a read first: the kept copy is the one the rival makes stale
+        env["DEPLOYMENT_HISTORY_SESSION"] = str(tmp_path / "session")
+        assert with_history("--", "list", cwd=work, env=env).returncode == 0
     github_output = tmp_path / "github_output"
     github_output.write_text("")
     env["GITHUB_OUTPUT"] = str(github_output)
@@ -356,6 +360,56 @@ def test_a_lost_race_is_redone_on_the_fresh_copy_and_only_its_output_is_kept(
     assert ID_B in output
     assert {r["id"] for r in history_records(remote, tmp_path)} == {ID_A, ID_B, rival_id}
     assert len(history_commits(remote)) == 3
+
+
+def git_calls(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def test_a_session_fetches_the_history_once_for_a_job_s_calls(
+    tmp_path: Path, remote: Path, work: Path
+) -> None:
+    """Issue 20: with $DEPLOYMENT_HISTORY_SESSION, a job's later calls cost one ls-remote each:
+    no fetch, no extraction, no check of the whole file, while the remote's tip is the one kept
+    (the job's own pushes included)."""
+    assert record_a(work).returncode == 0
+    env = fake_git(tmp_path / "logging-git", 'echo "$3" >> "$LOG"')
+    env["DEPLOYMENT_HISTORY_SESSION"] = str(tmp_path / "session")
+    log = tmp_path / "logging-git" / "git.log"
+    reads = [
+        ["get", ID_A],
+        ["list"],
+        ["status", "-e", "staging"],
+        ["settle", "--id", ID_A, "--stage", "verify"],
+    ]
+
+    results = [with_history("--", *args, cwd=work, env=env) for args in reads]
+
+    assert all(result.returncode == 0 for result in results), [r.stderr for r in results]
+    assert git_calls(log).count("fetch") == 1
+    log.unlink()
+    written = record(work, "--id", ID_B, env=env, sha=SHA_B)
+    after_write = with_history("--", "get", ID_B, cwd=work, env=env)
+
+    assert written.returncode == 0 and after_write.returncode == 0, after_write.stderr
+    assert ID_B in after_write.stdout
+    assert git_calls(log).count("fetch") == 0 and git_calls(log).count("push") == 1
+    assert sorted(path.suffix for path in (tmp_path / "session").iterdir()) == [".db", ".tip"]
+
+
+def test_a_session_never_answers_from_a_history_another_run_moved_on(
+    tmp_path: Path, remote: Path, work: Path
+) -> None:
+    assert record_a(work).returncode == 0
+    env = {"DEPLOYMENT_HISTORY_SESSION": str(tmp_path / "session")}
+    assert with_history("--", "list", cwd=work, env=env).returncode == 0
+    other = clone(remote, tmp_path / "other")
+    assert record(other, "--id", ID_B, sha=SHA_B).returncode == 0  # another run, meanwhile
+
+    result = with_history("--", "get", ID_B, cwd=work, env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert ID_B in result.stdout
 
 
 WRITER = """

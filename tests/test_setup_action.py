@@ -144,3 +144,17 @@ def test_a_distribution_the_pins_do_not_name_fails_the_setup(tmp_path: Path, whe
     )
     assert done.returncode == 1
     assert done.stdout.startswith("::error title=deployment-tracker setup::the environment holds")
+
+
+def test_the_job_s_history_calls_share_a_session_under_runner_temp(
+    tmp_path: Path, wheels: Path
+) -> None:
+    """Issue 20: one fetch of the history per job (deployment_history.py's session)."""
+    app, _ = hostile_app(tmp_path)
+    github_env = tmp_path / "github_env"
+    github_env.write_text("")
+
+    install(app, tmp_path, wheels, GITHUB_ENV=str(github_env))
+
+    session = tmp_path / "runner" / "deployment-tracker" / "session"
+    assert github_env.read_text() == f"DEPLOYMENT_HISTORY_SESSION={session}\n"

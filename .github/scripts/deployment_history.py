@@ -82,6 +82,7 @@ MAX_BACKOFF_SECONDS = 8.0
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 CHUNK = 1024 * 1024
 FREE_AND_ALL = ("freelist_count", "page_count")
+SESSION_ENV = "DEPLOYMENT_HISTORY_SESSION"
 # Ours, not the tracker's: start or replace the history from a database file.
 IMPORT = "import"
 IMPORT_USAGE = f"usage: {PROG} -- import FILE [--replace]"
@@ -336,14 +337,22 @@ class Git:
             raise GitFailure(Completed(process.returncode, b"", err).problem("git cat-file failed"))
 
 
-def _fetch_tip(git: Git, remote: str, branch: str, *, shallow: bool) -> Optional[str]:
-    """Fetch the history branch; its tip commit, or None when it does not exist yet."""
+def _listed_tip(git: Git, remote: str, branch: str) -> Optional[str]:
+    """The history branch's tip as the remote lists it (one small round trip, no fetch)."""
     ref = f"refs/heads/{branch}"
     listed = git.run(["ls-remote", "--exit-code", "--heads", "--", remote, ref])
     if listed.returncode == 2:
         return None
     if listed.returncode != 0:
         raise GitFailure(listed.problem(f"cannot reach {remote}"))
+    return listed.stdout.split(b"\t", 1)[0].decode("ascii", "replace").strip()
+
+
+def _fetch_tip(git: Git, remote: str, branch: str, *, shallow: bool) -> Optional[str]:
+    """Fetch the history branch; its tip commit, or None when it does not exist yet."""
+    if _listed_tip(git, remote, branch) is None:
+        return None
+    ref = f"refs/heads/{branch}"
     # A private ref per call: concurrent calls in one repository do not meet.
     private = f"refs/deployment-history/fetch-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     fetch = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
@@ -615,6 +624,7 @@ class Settings(NamedTuple):
     deadline: float
     command: list[str]
     write_deadline: float = DEFAULT_WRITE_DEADLINE_SECONDS
+    session: str = ""  # $DEPLOYMENT_HISTORY_SESSION: a job's calls share one fetch
     announce: bool = False  # say which history a read saw, and what a write pushed
     show_commits: bool = False  # list the commits a `rollback-target --preview` names
 
@@ -678,23 +688,77 @@ def _import(s: Settings, git: Git, shallow: bool, scratch: str) -> int:
     return 0
 
 
+class _Session:
+    """A job's copy of the history, kept between its calls ($DEPLOYMENT_HISTORY_SESSION=DIR):
+    a call whose remote still lists the tip it holds takes the checked file from there instead
+    of fetching, extracting and checking it again, so a job fetches the history once and each
+    further call costs one `ls-remote`. Only what this process fetched and checked, or wrote and
+    pushed, is kept; any other tip means a fetch."""
+
+    def __init__(self, folder: str, remote: str, branch: str) -> None:
+        key = hashlib.sha256(f"{remote}\0{branch}".encode()).hexdigest()[:16]
+        self.base = os.path.join(folder, key)
+
+    def take(self, git: Git, tip: str, db_path: str) -> Optional[str]:
+        """Copy the kept file to `db_path` when it is `tip`'s; its content digest, or None."""
+        try:
+            with open(self.base + ".tip", encoding="ascii") as file:
+                kept_tip, digest = file.read().split()
+        except (OSError, ValueError):
+            return None
+        if kept_tip != tip or git.run(["cat-file", "-e", f"{tip}^{{commit}}"]).returncode:
+            return None
+        shutil.copyfile(self.base + ".db", db_path)
+        return digest
+
+    def keep(self, tip: str, db_path: str, digest: str) -> None:
+        os.makedirs(os.path.dirname(self.base), exist_ok=True)
+        shutil.copyfile(db_path, self.base + ".db.new")
+        os.replace(self.base + ".db.new", self.base + ".db")
+        with open(self.base + ".tip.new", "w", encoding="ascii") as file:
+            file.write(f"{tip} {digest}\n")
+        os.replace(self.base + ".tip.new", self.base + ".tip")
+
+
+class _Loaded(NamedTuple):
+    tip: Optional[str]  # None: no history yet
+    digest: Optional[str]  # of its content, when known (a write needs it)
+
+
+def _load(s: Settings, git: Git, shallow: bool, db_path: str) -> _Loaded:
+    """The history at the remote's tip, checked, as `db_path` (absent if there is none)."""
+    reads = s.command[0] in READ_COMMANDS
+    session = _Session(s.session, s.remote.target, s.branch) if s.session else None
+    listed = _listed_tip(git, s.remote.target, s.branch) if session else None
+    kept = session.take(git, listed, db_path) if session and listed else None
+    if kept is not None:
+        return _Loaded(listed, kept)
+    tip = _fetch_tip(git, s.remote.target, s.branch, shallow=shallow)
+    if tip is None or not _fetch_database(git, tip, db_path, s.max_bytes):
+        if reads:
+            raise HistoryError(
+                f"no deployment history yet: {s.remote.shown} has no branch {s.branch}"
+            )
+        return _Loaded(tip, None if reads else _content_digest(db_path, s.deadline))
+    _make_self_contained(db_path, s.deadline, fetched=True)
+    # A read never pushes, so it needs no digest (each reads the whole history), unless the
+    # session keeps the file for the job's next calls.
+    digest = None if reads and not session else _content_digest(db_path, s.deadline)
+    if session and digest:
+        session.keep(tip, db_path, digest)
+    return _Loaded(tip, digest)
+
+
 def _attempt(s: Settings, git: Git, shallow: bool, scratch: str, target: Optional[str]) -> int:
     """Fetch, apply the command to a fresh copy, commit and push; its exit code."""
     if s.command[0] == IMPORT:
         return _import(s, git, shallow, scratch)
     db_path = os.path.join(scratch, HISTORY_FILE)
     github_output = os.path.join(scratch, "github_output") if target else None
-    tip = _fetch_tip(git, s.remote.target, s.branch, shallow=shallow)
-    present = tip is not None and _fetch_database(git, tip, db_path, s.max_bytes)
-    if not present and s.command[0] in READ_COMMANDS:
-        raise HistoryError(f"no deployment history yet: {s.remote.shown} has no branch {s.branch}")
-    if present:
-        _make_self_contained(db_path, s.deadline, fetched=True)
-    if s.announce and tip is not None and s.command[0] in READ_COMMANDS:
-        _announce_read(git, s, tip)
-    # A read never pushes, so it needs no digests (each reads the whole history).
     reads = s.command[0] in READ_COMMANDS
-    before = None if reads else _content_digest(db_path, s.deadline)
+    tip, before = _load(s, git, shallow, db_path)
+    if s.announce and tip is not None and reads:
+        _announce_read(git, s, tip)
     result = _run_tracker(s.tracker, s.command, db_path, github_output)
     if result.returncode != 0:
         _pass_on(result, None, None)
@@ -705,6 +769,8 @@ def _attempt(s: Settings, git: Git, shallow: bool, scratch: str, target: Optiona
     if after is not None and after != before:
         commit = _commit(git, db_path, tip, _commit_message(s.command))
         _push(git, s.remote, s.branch, commit)
+        if s.session:
+            _Session(s.session, s.remote.target, s.branch).keep(commit, db_path, after)
         pushed = f"history: pushed {commit[:7]} to {s.remote.shown} {s.branch}"
     else:
         pushed = ""
@@ -860,6 +926,7 @@ def _settings(argv: list[str]) -> Settings:
         deadline=_seconds(SQL_DEADLINE_ENV, DEFAULT_SQL_DEADLINE_SECONDS),
         command=command,
         write_deadline=_seconds(WRITE_DEADLINE_ENV, DEFAULT_WRITE_DEADLINE_SECONDS),
+        session=os.environ.get(SESSION_ENV, ""),
     )
 
 

@@ -6,7 +6,9 @@
 # Environment:
 #   SETUP_PYTHON   interpreter to build the environment from (default: python3 on PATH)
 #   RUNNER_TEMP    where the environment goes (set by the runner)
-#   GITHUB_PATH, GITHUB_OUTPUT  the runner's command files (optional outside Actions)
+#   GITHUB_PATH, GITHUB_OUTPUT, GITHUB_ENV  the runner's command files (optional outside Actions);
+#                  GITHUB_ENV gets DEPLOYMENT_HISTORY_SESSION, so that the job's history calls
+#                  share one fetch (deployment_history.py)
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX  where pip fetches from
 #
 # The repository being deployed is hostile ground: every Python runs isolated (-I: neither the
@@ -109,6 +111,7 @@ for script in kubernetes-deploy smoke-check; do
 done
 
 if [[ -n "${GITHUB_PATH:-}" ]]; then echo "$bin" >> "$GITHUB_PATH"; fi
+if [[ -n "${GITHUB_ENV:-}" ]]; then echo "DEPLOYMENT_HISTORY_SESSION=$home/session" >> "$GITHUB_ENV"; fi
 if [[ -n "${GITHUB_OUTPUT:-}" ]]; then echo "bin=$bin" >> "$GITHUB_OUTPUT"; fi
 "$bin/deployment-tracker" --version > /dev/null 2>&1 || "$bin/deployment-tracker" --help > /dev/null
 echo "deployment-tracker installed in $venv; tools in $bin"
