@@ -154,7 +154,7 @@ def test_a_slot_failing_its_check_is_not_switched_to(cluster: Cluster) -> None:
     result = cluster.run("deploy", NEW, SMOKE_CHECK="false")
 
     assert result.returncode == 3
-    assert "the green slot failed its check: not switched" in result.stdout
+    assert "the green slot failed its check: not switched" in result.stderr
     assert cluster.changes() == [["set", "image", "deployment/webapp-green"]]
     assert cluster.state()["services"] == {"webapp": "blue"}
 
@@ -165,7 +165,7 @@ def test_a_failed_rollout_is_not_switched_to(cluster: Cluster) -> None:
     result = cluster.run("deploy", NEW, FAKE_ROLLOUT_FAIL="1")
 
     assert result.returncode == 1
-    assert "the rollout to deployment/webapp-green did not finish" in result.stdout
+    assert "the rollout to deployment/webapp-green did not finish" in result.stderr
     assert cluster.state()["services"] == {"webapp": "blue"}
 
 
@@ -175,8 +175,8 @@ def test_a_hostile_selector_or_a_missing_deployment_is_one_error(cluster: Cluste
     hostile = cluster.run("plan", NEW)
 
     assert hostile.returncode == 1
-    assert hostile.stdout.count("\n") == 1
-    assert hostile.stdout.startswith("::error title=Blue/green::service/webapp selects slot ")
+    assert hostile.stdout == "" and hostile.stderr.count("\n") == 1
+    assert hostile.stderr.startswith("::error title=Blue/green::service/webapp selects slot ")
     state = cluster.state()
     del state["deployments"]["webapp-green"]
     state["services"]["webapp"] = "blue"
@@ -184,8 +184,8 @@ def test_a_hostile_selector_or_a_missing_deployment_is_one_error(cluster: Cluste
 
     missing = cluster.run("deploy", NEW)
 
-    assert missing.returncode == 1 and "kubectl get deployment failed" in missing.stdout
-    assert "not found" in missing.stdout
+    assert missing.returncode == 1 and "kubectl get deployment failed" in missing.stderr
+    assert "not found" in missing.stderr
     assert cluster.changes() == []
 
 
@@ -194,7 +194,7 @@ def test_a_slot_without_its_url_is_an_error_before_any_switch(cluster: Cluster) 
 
     result = cluster.run("deploy", NEW, GREEN_URL="")
 
-    assert result.returncode == 1 and "set the GREEN_URL variable" in result.stdout
+    assert result.returncode == 1 and "set the GREEN_URL variable" in result.stderr
     assert cluster.state()["services"] == {"webapp": "blue"}
 
 

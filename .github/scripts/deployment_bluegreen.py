@@ -4,6 +4,8 @@
 Two Deployments, BASE-blue and BASE-green, and one Service whose selector `slot: blue|green`
 says which of them serves. Making the Service serve an image:
 
+Errors are one `::error` line each on stderr (the workflow captures plan's stdout).
+
   plan IMAGE    prints the slot IMAGE would serve from: the one that already runs it (a rollback
                 to what the other colour still runs is a switch, nothing redeployed), else the
                 idle one (blue when the Service has no slot yet).
@@ -116,13 +118,19 @@ def deploy(cluster: _Cluster, image: str) -> int:
         ]
         for step in steps:
             if cluster.run(*step).returncode != 0:
-                print(f"::error title=Blue/green::the rollout to {name} did not finish")
+                print(
+                    f"::error title=Blue/green::the rollout to {name} did not finish",
+                    file=sys.stderr,
+                )
                 return ROLLOUT_FAILED
     if slot == live:
         print(f"service/{cluster.service} already serves the {slot} slot")
         return 0
     if os.environ.get("SLOT_CHECK") and not _check_slot(slot):
-        print(f"::error title=Blue/green::the {slot} slot failed its check: not switched")
+        print(
+            f"::error title=Blue/green::the {slot} slot failed its check: not switched",
+            file=sys.stderr,
+        )
         return CHECK_FAILED
     patch = f'{{"spec":{{"selector":{{"slot":"{slot}"}}}}}}'
     cluster.read("patch", "service", cluster.service, "--type", "merge", "--patch", patch)
@@ -143,7 +151,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         return deploy(cluster, args[1])
     except ClusterError as error:
-        print(f"::error title=Blue/green::{error}")
+        print(f"::error title=Blue/green::{error}", file=sys.stderr)
         return ROLLOUT_FAILED
     finally:
         if kubeconfig:
