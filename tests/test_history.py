@@ -387,6 +387,7 @@ def test_a_session_fetches_the_history_once_for_a_job_s_calls(
 
     assert all(result.returncode == 0 for result in results), [r.stderr for r in results]
     assert git_calls(log).count("fetch") == 1
+    assert git_calls(log).count("ls-remote") == len(reads)  # one round trip a call
     log.unlink()
     written = record(work, "--id", ID_B, env=env, sha=SHA_B)
     after_write = with_history("--", "get", ID_B, cwd=work, env=env)
@@ -394,6 +395,7 @@ def test_a_session_fetches_the_history_once_for_a_job_s_calls(
     assert written.returncode == 0 and after_write.returncode == 0, after_write.stderr
     assert ID_B in after_write.stdout
     assert git_calls(log).count("fetch") == 0 and git_calls(log).count("push") == 1
+    assert git_calls(log).count("ls-remote") == 2
     assert sorted(path.suffix for path in (tmp_path / "session").iterdir()) == [".db", ".tip"]
 
 

@@ -348,9 +348,12 @@ def _listed_tip(git: Git, remote: str, branch: str) -> Optional[str]:
     return listed.stdout.split(b"\t", 1)[0].decode("ascii", "replace").strip()
 
 
-def _fetch_tip(git: Git, remote: str, branch: str, *, shallow: bool) -> Optional[str]:
-    """Fetch the history branch; its tip commit, or None when it does not exist yet."""
-    if _listed_tip(git, remote, branch) is None:
+def _fetch_tip(
+    git: Git, remote: str, branch: str, *, shallow: bool, listed: bool = False
+) -> Optional[str]:
+    """Fetch the history branch; its tip commit, or None when it does not exist yet
+    (`listed`: the caller's ls-remote just found it)."""
+    if not listed and _listed_tip(git, remote, branch) is None:
         return None
     ref = f"refs/heads/{branch}"
     # A private ref per call: concurrent calls in one repository do not meet.
@@ -733,7 +736,10 @@ def _load(s: Settings, git: Git, shallow: bool, db_path: str) -> _Loaded:
     kept = session.take(git, listed, db_path) if session and listed else None
     if kept is not None:
         return _Loaded(listed, kept)
-    tip = _fetch_tip(git, s.remote.target, s.branch, shallow=shallow)
+    if session and listed is None:
+        tip = None
+    else:
+        tip = _fetch_tip(git, s.remote.target, s.branch, shallow=shallow, listed=bool(listed))
     if tip is None or not _fetch_database(git, tip, db_path, s.max_bytes):
         if reads:
             raise HistoryError(
