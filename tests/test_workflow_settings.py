@@ -299,3 +299,21 @@ def test_an_unknown_stage_is_a_usage_error() -> None:
         [sys.executable, str(SETTINGS), "build"], capture_output=True, text=True, check=False
     )
     assert process.returncode == 2 and "usage: deployment-settings" in process.stderr
+
+
+def test_blue_green_needs_each_colour_s_url_and_no_deploy_command(tmp_path: Path) -> None:
+    both = {**CLUSTER, "BLUE_URL": "https://blue.example", "GREEN_URL": "https://green.example"}
+    env = {"ENVIRONMENT": "staging", "STRATEGY": "blue-green"}
+
+    ready = settings("deploy", tmp_path, {**both, "K8S_SERVICE": "web"}, **env)
+    half = settings("deploy", tmp_path, {**CLUSTER, "BLUE_URL": "https://b.example"}, **env)
+    command = settings("deploy", tmp_path, both, DEPLOY_COMMAND="./helm.sh", **env)
+    unknown = settings("prepare", tmp_path, CLUSTER, STRATEGY="canary")
+
+    assert ready.returncode == 0 and ready.outputs["configured"] == "true"
+    assert (ready.outputs["blue_url"], ready.outputs["k8s_service"]) == (both["BLUE_URL"], "web")
+    assert half.returncode == 1 and "missing variable GREEN_URL" in errors(half)[0]
+    assert command.returncode == 1 and "takes no deploy_command" in errors(command)[0]
+    assert unknown.returncode == 1 and "rolling or blue-green" in errors(unknown)[0]
+    rolling = settings("deploy", tmp_path, CLUSTER, ENVIRONMENT="staging")
+    assert rolling.outputs["configured"] == "true"  # no colour URLs needed
