@@ -683,10 +683,11 @@ def _import(s: Settings, git: Git, shallow: bool, scratch: str) -> int:
             f"{s.remote.shown} already has a history on {s.branch} (at {tip[:7]}):"
             " add --replace to replace it (its earlier commits stay on the branch)"
         )
-    message = f"deployment-history import: {count} deployments\n"
+    deployments = f"{count} deployment{'' if count == 1 else 's'}"
+    message = f"deployment-history import: {deployments}\n"
     commit = _commit(git, db_path, tip, message)
     _push(git, s.remote, s.branch, commit)
-    done = f"history: imported {count} deployments as {commit[:7]} to {s.remote.shown} {s.branch}"
+    done = f"history: imported {deployments} as {commit[:7]} to {s.remote.shown} {s.branch}"
     print(_shown(done), file=sys.stderr, flush=True)
     return 0
 

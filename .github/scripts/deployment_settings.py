@@ -36,32 +36,27 @@ DEFAULT_ENVIRONMENTS = "staging,production"
 DEFAULT_HISTORY_BRANCH = "deployment-history"
 BOTS = frozenset({"dependabot[bot]"})
 _SERVICE = re.compile(r"[a-z][a-z0-9-]{0,39}")
-# Read where they are needed, in the jobs that name the environment: any level works.
-ENVIRONMENT_SETTINGS = {
-    "ENVIRONMENT_URL": "",
-    "HEALTH_PATH": "",
-    "VERSION_PATH": "",
-    "SMOKE_RETRIES": "",
-    "SMOKE_RETRY_DELAY": "",
-    "SMOKE_TIMEOUT": "",
-    "K8S_DEPLOYMENT": "",
-    "K8S_CONTAINER": "",
-    "K8S_NAMESPACE": "",
-    "ROLLOUT_TIMEOUT": "",
+# Read where they are needed, in the jobs that name the environment: any level works. (The
+# others, read by jobs naming none, live on the repository or organisation: README, Settings.)
+ENVIRONMENT_SETTINGS = (
+    "ENVIRONMENT_URL",
+    "HEALTH_PATH",
+    "VERSION_PATH",
+    "SMOKE_RETRIES",
+    "SMOKE_RETRY_DELAY",
+    "SMOKE_TIMEOUT",
+    "K8S_DEPLOYMENT",
+    "K8S_CONTAINER",
+    "K8S_NAMESPACE",
+    "ROLLOUT_TIMEOUT",
     # strategy blue-green: the Service that switches (default K8S_DEPLOYMENT), each slot's URL.
-    "K8S_SERVICE": "",
-    "BLUE_URL": "",
-    "GREEN_URL": "",
-}
+    "K8S_SERVICE",
+    "BLUE_URL",
+    "GREEN_URL",
+)
 STRATEGIES = ("rolling", "blue-green")
-# Read by prepare and build, which name no environment: repository or organisation level only.
-REPOSITORY_SETTINGS = {
-    "REGISTRY": "ghcr.io",
-    "IMAGE_NAME": "",
-    "DOCKERFILE": "Dockerfile",
-    "DEPLOYMENT_HISTORY_BRANCH": "",
-    "DEPLOYMENT_TRACKER_GATES": "",
-}
+DEFAULT_REGISTRY = "ghcr.io"
+DEFAULT_DOCKERFILE = "Dockerfile"
 
 
 class SettingsError(Exception):
@@ -141,14 +136,14 @@ def environments(text: str) -> list[str]:
     return names
 
 
-def gates(text: str, chain: list[str]) -> str:
-    """DEPLOYMENT_TRACKER_GATES when set, else each environment gated on the one before it."""
+def gates(text: str, chain: list[str]) -> tuple[str, dict[str, str]]:
+    """DEPLOYMENT_TRACKER_GATES when set, else each environment gated on the one before it:
+    the text the tracker is given, and {target: source}."""
     text = text.strip() or ",".join(f"{a}:{b}" for a, b in zip(chain, chain[1:])) or "none"
     try:
-        tracker.parse_gates(text)
+        return text, tracker.parse_gates(text)
     except tracker.InvalidInput as error:
         raise SettingsError("Deployment not started", str(error)) from None
-    return text
 
 
 def _image_name(settings: _Settings, repository: str, service: str) -> str:
@@ -175,7 +170,7 @@ def prepare(out: dict[str, str], notices: list[str]) -> None:
             "Deployment not started",
             f"unknown environment {environment} (one of: {', '.join(chain)})",
         )
-    gate_text = gates(settings.get("DEPLOYMENT_TRACKER_GATES"), chain)
+    gate_text, gate_sources = gates(settings.get("DEPLOYMENT_TRACKER_GATES"), chain)
     suffix = f"-{service}" if service else ""
     branch = settings.get("DEPLOYMENT_HISTORY_BRANCH", DEFAULT_HISTORY_BRANCH + suffix)
     try:
@@ -187,14 +182,14 @@ def prepare(out: dict[str, str], notices: list[str]) -> None:
     repository = os.environ.get("REPOSITORY", "")
     out.update(
         environment=environment,
-        gate_source=tracker.parse_gates(gate_text).get(environment, ""),
+        gate_source=gate_sources.get(environment, ""),
         gates=gate_text,
         history_branch=branch,
         service=service,
         service_prefix=f"{service}-" if service else "",
-        registry=settings.get("REGISTRY", REPOSITORY_SETTINGS["REGISTRY"]).lower(),
+        registry=settings.get("REGISTRY", DEFAULT_REGISTRY).lower(),
         image_name=_image_name(settings, repository, service).lower(),
-        dockerfile=settings.get("DOCKERFILE", REPOSITORY_SETTINGS["DOCKERFILE"]),
+        dockerfile=settings.get("DOCKERFILE", DEFAULT_DOCKERFILE),
     )
     if os.environ.get("ACTOR", "") in BOTS:
         out["mode"] = "skip"
@@ -220,8 +215,8 @@ def prepare(out: dict[str, str], notices: list[str]) -> None:
 def deploy(out: dict[str, str], notices: list[str]) -> None:
     service = _service()
     settings = _Settings(_variables(), service)
-    for name, default in ENVIRONMENT_SETTINGS.items():
-        out[name.lower()] = settings.get(name, default)
+    for name in ENVIRONMENT_SETTINGS:
+        out[name.lower()] = settings.get(name)
     target = os.environ.get("DEPLOY_COMMAND") or out["k8s_deployment"]
     missing = [
         settings.describe(name)
